@@ -1,0 +1,50 @@
+"""Model checkpoints on disk: ``DIR/config.json`` plus an orbax ``DIR/params`` tree.
+
+``config.json`` = {"family": str, "model": {...module config...}, "diffusion": {...schedule/convention...},
+"extras": {...}}. Params are a nested dict of arrays (flax linen ``params`` collection, no ``{"params": ...}`` wrapper).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_NAME = "config.json"
+PARAMS_NAME = "params"
+
+
+def save_checkpoint(directory: str, config: dict, params: Any) -> None:
+    """Write ``config`` and ``params`` under ``directory`` (created; an existing params tree is replaced)."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(directory, PARAMS_NAME), params, force=True)
+    ckptr.wait_until_finished()
+    tmp = os.path.join(directory, CONFIG_NAME + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(directory, CONFIG_NAME))
+
+
+def read_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no jtaba checkpoint at {directory!r} ({CONFIG_NAME} missing)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_params(directory: str, target: Any = None) -> Any:
+    """Restore the params tree. ``target``: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with ``sharding``)
+    giving shapes, dtypes and placement; ``None`` restores as saved onto the default device."""
+    path = os.path.join(os.path.abspath(directory), PARAMS_NAME)
+    ckptr = ocp.StandardCheckpointer()
+    if target is None:
+        return ckptr.restore(path)
+    abstract = jax.tree.map(
+        lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
+    return ckptr.restore(path, abstract)

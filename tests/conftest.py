@@ -1,0 +1,16 @@
+import os
+import sys
+
+import jax
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # convert/ and experiments/
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "_tfds_never_downloads"))
+
+
+@pytest.fixture(autouse=True)
+def _highest_precision():
+    """Parity tests compare fp32 against torch: no reduced-precision matmuls."""
+    with jax.default_matmul_precision("highest"):
+        yield
