@@ -1,0 +1,183 @@
+"""The one DDIM engine: sampling, inversion, ground-truth swap and forward-diffusion replacement as a single
+``jax.lax.scan`` over a ``StepTable`` (see ``jtaba.schedules``). Arrays here are NHWC; the public API converts.
+
+A step (loop index i, table row r):
+    eps   = network(x, r.label)[..., :C]          (classifier-free guidance when enabled)
+    eps   = swap_eps[i]            if i < K_swap   (kind "eps")
+    x0    = r.c_x·x − r.c_eps·eps ; clip / threshold it as the model declares (a swapped eps bypasses the ADM clip)
+    eps   = (r.c_x·x − x0)/r.c_eps                 (adm only: eps re-derived from the clipped x0)
+    x     = r.sqrt_a_dst·x0 + r.sqrt_1m_a_dst·eps
+    x     = swap_xt[i]             if i < K_swap   (kind "xt")
+Forward replacement (inversion only): x ← fwd_sqrt_a[K]·x + fwd_sqrt_1m_a[K]·noise, then steps i < K are skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtaba.diffusion import DiffusionConfig
+from jtaba.schedules import StepTable, step_tables
+
+
+class Record(NamedTuple):
+    """Per-step states (T, B, H, W, C): ``xs`` = state after each step, ``eps`` = the noise used, ``x0`` = the
+    (clipped) clean prediction. Forward-replaced steps record the replacement state, its noise and the input."""
+    xs: jax.Array
+    eps: jax.Array
+    x0: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+    """Everything static about one compiled loop (hashable: the jit cache key)."""
+    network: nn.Module
+    diffusion: DiffusionConfig
+    steps: int
+    invert: bool
+    record: bool = False
+    guided: bool = False  # classifier-free guidance (scale is traced)
+    swap_kind: Optional[str] = None  # None | "eps" | "xt"
+    swap_before: int = 0
+    forward: bool = False
+    forward_level: str = "exact"  # "exact" | "upstream"
+
+    def table(self) -> StepTable:
+        tables = step_tables(self.diffusion, self.steps)
+        if not self.invert:
+            return tables.sample
+        return tables.invert_upstream if self.forward_level == "upstream" else tables.invert
+
+
+def dynamic_threshold(x0: jax.Array, ratio: float, max_value: float) -> jax.Array:
+    """Imagen / diffusers dynamic thresholding: per sample s = quantile(|x0|, ratio) clamped to [1, max_value];
+    x0 ← clip(x0, −s, s)/s (computed in float32)."""
+    flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)
+    s = jnp.clip(jnp.quantile(flat, ratio, axis=1), 1.0, max_value)
+    s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
+    return (jnp.clip(x0, -s, s) / s).astype(x0.dtype)
+
+
+def treat_x0(x0: jax.Array, mode: str, cfg: DiffusionConfig) -> jax.Array:
+    if mode == "clip":
+        return jnp.clip(x0, -cfg.clip_range, cfg.clip_range)
+    if mode == "threshold":
+        return dynamic_threshold(x0, cfg.threshold_ratio, cfg.threshold_max)
+    return x0
+
+
+def predict_eps(spec: LoopSpec, params, x, label, cond, null_cond, guidance) -> jax.Array:
+    """Network ε at one label for a batch x (B, H, W, C); learned-σ channels dropped; CFG on ε when guided."""
+    channels = x.shape[-1]
+    t = jnp.full((x.shape[0],), label, jnp.float32)
+    if spec.guided:
+        both = jnp.concatenate([cond, null_cond], axis=0)
+        out = spec.network.apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
+        out_c, out_u = jnp.split(out[..., :channels], 2, axis=0)
+        return (out_u + guidance * (out_c - out_u)).astype(jnp.float32)
+    out = spec.network.apply({"params": params}, x, t, cond)
+    return out[..., :channels].astype(jnp.float32)
+
+
+def _loop(spec: LoopSpec, params, x, cond, null_cond, guidance, forward_before, forward_noise, swap_src):
+    cfg = spec.diffusion
+    table = jax.tree.map(jnp.asarray, spec.table())
+    adm = cfg.kind == "adm"
+    clip_mode = cfg.invert_clip if spec.invert else cfg.sample_clip
+    low = jnp.float16 if (cfg.kind == "diffusers" and cfg.schedule_dtype == "float16") else None
+    x_clean = x
+
+    if spec.forward:
+        noised = (table.fwd_sqrt_a[forward_before] * x + table.fwd_sqrt_1m_a[forward_before] * forward_noise)
+        x = jnp.where(forward_before > 0, noised, x)
+
+    def step(carry, inputs):
+        x = carry
+        i, row = inputs
+        eps = predict_eps(spec, params, x, row.label, cond, null_cond, guidance)
+        swapped = jnp.bool_(False)
+        if spec.swap_kind is not None:
+            swapped = i < spec.swap_before
+            gt = jax.lax.dynamic_index_in_dim(swap_src, jnp.minimum(i, spec.swap_before - 1), keepdims=False)
+        if spec.swap_kind == "eps":
+            eps = jnp.where(swapped, gt, eps)
+        xs, es = (x.astype(low), eps.astype(low)) if low is not None else (x, eps)
+        x0_raw = row.c_x.astype(xs.dtype) * xs - row.c_eps.astype(xs.dtype) * es
+        x0 = treat_x0(x0_raw, clip_mode, cfg)
+        if adm:  # ADM: the swapped eps bypasses the clip and is kept; otherwise eps is re-derived from clipped x0
+            if spec.swap_kind == "eps":
+                x0 = jnp.where(swapped, x0_raw, x0)
+            rederived = (row.c_x * xs - x0) / row.c_eps
+            es = jnp.where(swapped, es, rederived) if spec.swap_kind == "eps" else rederived
+        x_new = row.sqrt_a_dst.astype(xs.dtype) * x0 + row.sqrt_1m_a_dst.astype(xs.dtype) * es
+        x_new, es, x0 = (v.astype(jnp.float32) for v in (x_new, es, x0))
+        if spec.swap_kind == "xt":
+            x_new = jnp.where(swapped, gt, x_new)
+        return x_new, (x_new, es, x0)
+
+    def skip(carry, inputs):
+        return carry, (carry, forward_noise, x_clean)
+
+    def body(carry, inputs):
+        if not spec.forward:
+            out = step(carry, inputs)
+        else:
+            out = jax.lax.cond(inputs[0] >= forward_before, step, skip, carry, inputs)
+        return out if spec.record else (out[0], None)
+
+    x, rec = jax.lax.scan(body, x, (jnp.arange(spec.steps), table))
+    return x, (Record(*rec) if spec.record else None)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_loop(spec: LoopSpec, params, x, cond=None, null_cond=None, guidance=1.0, forward_before=0,
+             forward_noise=None, swap_src=None):
+    """Compiled DDIM loop. x (B, H, W, C) float32; cond / null_cond per the network (or None); ``guidance`` traced
+    (only used when ``spec.guided``); ``forward_before`` traced int in [0, T]; ``forward_noise`` like x;
+    ``swap_src`` (K, B, H, W, C) ground truth for the first K = ``spec.swap_before`` inversion steps.
+    Returns (x_final, Record or None)."""
+    guidance = jnp.asarray(guidance, jnp.float32)
+    forward_before = jnp.asarray(forward_before, jnp.int32)
+    return _loop(spec, params, x, cond, null_cond, guidance, forward_before, forward_noise, swap_src)
+
+
+def mirror_indices(diffusion: DiffusionConfig, steps: int, kind: str, before: int) -> np.ndarray:
+    """Sampling-record index j (into all_t_* of a recorded sampling run, j = 0 noisiest) that gives the ground
+    truth for inversion step i = 0..before-1 (golden README §3, §6; reference §2.1, §2.3):
+    adm: eps ← j = T−2−i, xt ← j = T−3−i; diffusers: eps ← j = T−1−i, xt ← j = T−2−i.
+    j = −1 stands for the sampling run's input noise (the state after the last mirrored inversion step)."""
+    T = steps
+    shift = 1 if diffusion.kind == "adm" else 0
+    i = np.arange(before)
+    j = (T - 1 - shift - i) if kind == "eps" else (T - 2 - shift - i)
+    lowest = 0 if kind == "eps" else -1
+    if before < 0 or before > T or (before and j[-1] < lowest):
+        limit = T - shift - (1 if kind == "eps" else 0)
+        raise ValueError(f"swap_before={before} out of range for a {kind} swap with T={T} steps on a "
+                         f"{diffusion.kind} model: the mirror of inversion step i exists for i < {limit}")
+    return j
+
+
+def gather_swap_source(diffusion: DiffusionConfig, steps: int, kind: str, before: int,
+                       all_t_samples: Any, all_t_eps_samples: Any, noise: Any) -> np.ndarray:
+    """Stack the ground truth (K, ...) for the first ``before`` inversion steps from a recorded sampling run
+    (arrays in the run's layout, (T, N, ...) trajectories)."""
+    if kind not in ("eps", "xt"):
+        raise ValueError(f"swap kind must be 'eps' or 'xt', got {kind!r}")
+    src = all_t_eps_samples if kind == "eps" else all_t_samples
+    if src is None:
+        raise ValueError(f"a {kind} swap needs the recorded sampling run's "
+                         f"{'all_t_eps_samples' if kind == 'eps' else 'all_t_samples'}")
+    if src.shape[0] != steps:
+        raise ValueError(f"swap source has {src.shape[0]} recorded steps but the inversion uses steps={steps}")
+    idx = mirror_indices(diffusion, steps, kind, before)
+    parts = [noise if j < 0 else src[j] for j in idx]
+    if any(p is None for p in parts):
+        raise ValueError("this xt swap reaches the sampling run's input noise: pass the run's noise too")
+    xp = jnp if isinstance(src, jax.Array) else np
+    return xp.stack([xp.asarray(p) for p in parts])
