@@ -84,53 +84,60 @@ def predict_eps(spec: LoopSpec, params, x, label, cond, null_cond, guidance) -> 
     return out[..., :channels].astype(jnp.float32)
 
 
-def _loop(spec: LoopSpec, params, x, cond, null_cond, guidance, forward_before, forward_noise, swap_src):
+def ddim_step(spec: LoopSpec, params, x, i, row: StepTable, cond, null_cond, guidance, gt=None):
+    """One DDIM step (loop index i, table row ``row``) from state x (B, H, W, C). ``gt``: this step's ground truth
+    when ``spec.swap_kind`` is set (used only while i < ``spec.swap_before``). Returns (x_next, eps, x0), float32."""
     cfg = spec.diffusion
-    table = jax.tree.map(jnp.asarray, spec.table())
-    adm = cfg.kind == "adm"
     clip_mode = cfg.invert_clip if spec.invert else cfg.sample_clip
-    low = jnp.float16 if (cfg.kind == "diffusers" and cfg.schedule_dtype == "float16") else None
-    x_clean = x
+    low = jnp.float16 if (cfg.kind == "diffusers" and cfg.schedule_dtype == "float16") else jnp.float32
+    eps = predict_eps(spec, params, x, row.label, cond, null_cond, guidance)
+    swapped = (i < spec.swap_before) if spec.swap_kind is not None else jnp.bool_(False)
+    if spec.swap_kind == "eps":
+        eps = jnp.where(swapped, gt, eps)
+    x, eps = x.astype(low), eps.astype(low)
+    c = jax.tree.map(lambda v: v.astype(low), row)
+    x0_raw = c.c_x * x - c.c_eps * eps
+    x0 = treat_x0(x0_raw, clip_mode, cfg)
+    if cfg.kind == "adm":  # ε re-derived from the clipped x0, except for a swapped ε, which also skips the clip
+        rederived = (c.c_x * x - x0) / c.c_eps
+        if spec.swap_kind == "eps":
+            x0 = jnp.where(swapped, x0_raw, x0)
+            rederived = jnp.where(swapped, eps, rederived)
+        eps = rederived
+    x_next = c.sqrt_a_dst * x0 + c.sqrt_1m_a_dst * eps
+    x_next, eps, x0 = (v.astype(jnp.float32) for v in (x_next, eps, x0))
+    if spec.swap_kind == "xt":
+        x_next = jnp.where(swapped, gt, x_next)
+    return x_next, eps, x0
 
+
+def _loop(spec: LoopSpec, params, x, cond, null_cond, guidance, forward_before, forward_noise, swap_src):
+    table = jax.tree.map(jnp.asarray, spec.table())
+    x_clean = x
     if spec.forward:
-        noised = (table.fwd_sqrt_a[forward_before] * x + table.fwd_sqrt_1m_a[forward_before] * forward_noise)
+        noised = table.fwd_sqrt_a[forward_before] * x + table.fwd_sqrt_1m_a[forward_before] * forward_noise
         x = jnp.where(forward_before > 0, noised, x)
 
-    def step(carry, inputs):
-        x = carry
+    def step(x, inputs):
         i, row = inputs
-        eps = predict_eps(spec, params, x, row.label, cond, null_cond, guidance)
-        swapped = jnp.bool_(False)
+        gt = None
         if spec.swap_kind is not None:
-            swapped = i < spec.swap_before
             gt = jax.lax.dynamic_index_in_dim(swap_src, jnp.minimum(i, spec.swap_before - 1), keepdims=False)
-        if spec.swap_kind == "eps":
-            eps = jnp.where(swapped, gt, eps)
-        xs, es = (x.astype(low), eps.astype(low)) if low is not None else (x, eps)
-        x0_raw = row.c_x.astype(xs.dtype) * xs - row.c_eps.astype(xs.dtype) * es
-        x0 = treat_x0(x0_raw, clip_mode, cfg)
-        if adm:  # ADM: the swapped eps bypasses the clip and is kept; otherwise eps is re-derived from clipped x0
-            if spec.swap_kind == "eps":
-                x0 = jnp.where(swapped, x0_raw, x0)
-            rederived = (row.c_x * xs - x0) / row.c_eps
-            es = jnp.where(swapped, es, rederived) if spec.swap_kind == "eps" else rederived
-        x_new = row.sqrt_a_dst.astype(xs.dtype) * x0 + row.sqrt_1m_a_dst.astype(xs.dtype) * es
-        x_new, es, x0 = (v.astype(jnp.float32) for v in (x_new, es, x0))
-        if spec.swap_kind == "xt":
-            x_new = jnp.where(swapped, gt, x_new)
-        return x_new, (x_new, es, x0)
+        out = ddim_step(spec, params, x, i, row, cond, null_cond, guidance, gt)
+        return out[0], out
 
-    def skip(carry, inputs):
-        return carry, (carry, forward_noise, x_clean)
+    def skip(x, inputs):  # a forward-replaced step: the state stays at the forward-diffused level
+        return x, (x, forward_noise, x_clean)
 
-    def body(carry, inputs):
-        if not spec.forward:
-            out = step(carry, inputs)
+    def body(x, inputs):
+        if spec.forward:
+            x, rec = jax.lax.cond(inputs[0] >= forward_before, step, skip, x, inputs)
         else:
-            out = jax.lax.cond(inputs[0] >= forward_before, step, skip, carry, inputs)
-        return out if spec.record else (out[0], None)
+            x, rec = step(x, inputs)
+        return x, (rec if spec.record else None)
 
-    x, rec = jax.lax.scan(body, x, (jnp.arange(spec.steps), table))
+    rows = table._replace(fwd_sqrt_a=None, fwd_sqrt_1m_a=None)  # (T+1,) forward levels are not per-step
+    x, rec = jax.lax.scan(body, x, (jnp.arange(spec.steps), rows))
     return x, (Record(*rec) if spec.record else None)
 
 
@@ -144,6 +151,14 @@ def run_loop(spec: LoopSpec, params, x, cond=None, null_cond=None, guidance=1.0,
     guidance = jnp.asarray(guidance, jnp.float32)
     forward_before = jnp.asarray(forward_before, jnp.int32)
     return _loop(spec, params, x, cond, null_cond, guidance, forward_before, forward_noise, swap_src)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_step(spec: LoopSpec, params, x, index, cond=None, null_cond=None, guidance=1.0):
+    """Only step ``index`` (traced) of the loop, from state x: teacher forcing and per-step approximation errors.
+    Returns (x_next, eps, x0)."""
+    row = jax.tree.map(lambda v: jnp.asarray(v)[index], spec.table()._replace(fwd_sqrt_a=None, fwd_sqrt_1m_a=None))
+    return ddim_step(spec, params, x, index, row, cond, null_cond, jnp.asarray(guidance, jnp.float32))
 
 
 def mirror_indices(diffusion: DiffusionConfig, steps: int, kind: str, before: int) -> np.ndarray:
