@@ -1,0 +1,16 @@
+"""Analysis metrics of the paper (reference §3) as pure numpy functions over NCHW arrays (as written to disk).
+
+Float64 arithmetic unless a function says otherwise; memory stays bounded for 10,240-sample files (memmaps work).
+One concept per module: distribution (KL, stats, MAE, variance), correlation (top-k pixel correlation), triangles
+(angles, distances, most probable triangle), assignment (L2 nearest assignment), plain (plain-surface masks),
+interpolation (SLERP / lerp, trajectory-vs-interpolation distances), core (metrics.json).
+"""
+from jtaba.metrics.assignment import (assignment_accuracy, assignment_accuracy_divs, mse_distance_matrix,
+                                      nearest_indices)
+from jtaba.metrics.core import core_metrics
+from jtaba.metrics.correlation import top_k_corr, top_k_corr_in_patches
+from jtaba.metrics.distribution import gaussian_kl, kl_div, kl_div2, latent_variance, mae, mean_std, stats
+from jtaba.metrics.interpolation import interpolation_distances, lerp, min_max_scale, slerp
+from jtaba.metrics.plain import find_plain_areas, masked_mean_std, plain_stats
+from jtaba.metrics.triangles import (Triangle, angle_histogram, calc_angles, calc_distances, find_max_prob_triangle,
+                                     most_probable_triangle, vertex_angles)
