@@ -1,0 +1,291 @@
+"""Convert DiT (facebookresearch/DiT checkpoint or diffusers ``DiTTransformer2DModel``) plus its sd-vae-ft
+AutoencoderKL into a jtaba checkpoint: DIR (family ``dit``) and DIR/decoder (family ``vae``).
+
+Run from the repository root: ``python convert/dit.py --src facebook/DiT-XL-2-256 --out DIR`` (see ``--help``).
+
+Both layouts map onto the same Flax params (``jtaba.models.dit``). diffusers repeats the timestep/label embedder
+in every block: the copies are checked tensor by tensor; equal copies (the hub checkpoint) become the single
+shared embedder, distinct ones are kept per block (``Config.block_embedders``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Mapping
+
+if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
+                            identity, load_state_dict, to_numpy)
+from jtaba.checkpoint import save_checkpoint
+from jtaba.diffusion import DiffusionConfig
+from jtaba.models import dit
+
+# facebook/DiT-XL-2-256 scheduler/scheduler_config.json (used for the facebook .pt, which carries no schedule).
+DIT_HUB_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_schedule": "linear", "beta_start": 0.0001,
+                     "beta_end": 0.02, "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": True,
+                     "steps_offset": 0, "prediction_type": "epsilon", "timestep_spacing": "leading"}
+VAE_HUB_IDS = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+# ---- DiT rules -----------------------------------------------------------------------------------------------
+def _slice(i: int, n: int, then):
+    """Rows [i·n, (i+1)·n) of a fused tensor (facebook qkv), then ``then``."""
+    return lambda w: then(w[i * n:(i + 1) * n])
+
+
+def _linear(rules: dict, path: tuple, key: str, transform=dense, bias_transform=identity) -> None:
+    rules[path + ("kernel",)] = Rule(key + ".weight", transform)
+    rules[path + ("bias",)] = Rule(key + ".bias", bias_transform)
+
+
+def _embedder_rules(rules: dict, name: str, t_lin1: str, t_lin2: str, table: str) -> None:
+    _linear(rules, (name, "t_linear_1"), t_lin1)
+    _linear(rules, (name, "t_linear_2"), t_lin2)
+    rules[(name, "y_embedding", "embedding")] = Rule(table)
+
+
+def facebook_rules(config: dit.Config) -> dict[tuple, Rule]:
+    """Flax path -> rule for a ``models.DiT`` state dict (``pos_embed`` is a buffer, checked separately)."""
+    rules: dict[tuple, Rule] = {}
+    _linear(rules, ("x_embedder",), "x_embedder.proj", conv2d)
+    _embedder_rules(rules, "embedder", "t_embedder.mlp.0", "t_embedder.mlp.2", "y_embedder.embedding_table.weight")
+    d = config.hidden_size
+    for i in range(config.depth):
+        src, dst = f"blocks.{i}", f"blocks_{i}"
+        for j, name in enumerate("qkv"):
+            _linear(rules, (dst, "attn", name), f"{src}.attn.qkv", _slice(j, d, dense), _slice(j, d, identity))
+        _linear(rules, (dst, "attn", "proj"), f"{src}.attn.proj")
+        _linear(rules, (dst, "fc1"), f"{src}.mlp.fc1")
+        _linear(rules, (dst, "fc2"), f"{src}.mlp.fc2")
+        _linear(rules, (dst, "adaLN_modulation"), f"{src}.adaLN_modulation.1")
+    _linear(rules, ("final_linear",), "final_layer.linear")
+    _linear(rules, ("final_adaLN_modulation",), "final_layer.adaLN_modulation.1")
+    return rules
+
+
+def _diffusers_embedder_keys(i: int) -> list[str]:
+    e = f"transformer_blocks.{i}.norm1.emb"
+    return [f"{e}.timestep_embedder.linear_{j}.{w}" for j in (1, 2) for w in ("weight", "bias")] + \
+        [f"{e}.class_embedder.embedding_table.weight"]
+
+
+def diffusers_rules(config: dit.Config) -> tuple[dict[tuple, Rule], list[str]]:
+    """(Flax path -> rule, ignored keys) for a ``DiTTransformer2DModel`` state dict. With a shared embedder the
+    copies in blocks 1.. are ignored (after ``embedders_are_shared`` checked them)."""
+    rules: dict[tuple, Rule] = {}
+    _linear(rules, ("x_embedder",), "pos_embed.proj", conv2d)
+    ignore: list[str] = []
+    for i in range(config.depth):
+        src, dst = f"transformer_blocks.{i}", f"blocks_{i}"
+        e = f"{src}.norm1.emb"
+        if config.block_embedders or i == 0:
+            name = f"embedder_{i}" if config.block_embedders else "embedder"
+            _embedder_rules(rules, name, f"{e}.timestep_embedder.linear_1", f"{e}.timestep_embedder.linear_2",
+                            f"{e}.class_embedder.embedding_table.weight")
+        else:
+            ignore += _diffusers_embedder_keys(i)
+        _linear(rules, (dst, "adaLN_modulation"), f"{src}.norm1.linear")
+        for name, key in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj", "to_out.0")):
+            _linear(rules, (dst, "attn", name), f"{src}.attn1.{key}")
+        _linear(rules, (dst, "fc1"), f"{src}.ff.net.0.proj")
+        _linear(rules, (dst, "fc2"), f"{src}.ff.net.2")
+    _linear(rules, ("final_adaLN_modulation",), "proj_out_1")
+    _linear(rules, ("final_linear",), "proj_out_2")
+    return rules, ignore
+
+
+def embedders_are_shared(state: Mapping[str, Any], depth: int) -> bool:
+    """Whether every block's ``norm1.emb`` tensors equal block 0's (read one pair at a time)."""
+    first = _diffusers_embedder_keys(0)
+    for i in range(1, depth):
+        for k0, ki in zip(first, _diffusers_embedder_keys(i)):
+            if k0 not in state or ki not in state:
+                return True  # missing keys are reported by the strict accounting
+            a, b = to_numpy(state[k0]), to_numpy(state[ki])
+            if a.shape != b.shape or not np.array_equal(a, b):
+                return False
+    return True
+
+
+def target_shapes(config: dit.Config) -> dict[tuple, tuple]:
+    """Flat Flax param path -> shape, via ``jax.eval_shape`` (nothing allocated)."""
+    net = dit.Network(config)
+    x = jnp.zeros((1, config.input_size, config.input_size, config.in_channels), jnp.float32)
+    return eval_shapes(lambda: net.init(jax.random.key(0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"])
+
+
+def convert_facebook(state: Mapping[str, Any], kwargs: Mapping[str, Any], source_name: str = "source"):
+    """facebook ``models.DiT`` state dict + constructor kwargs -> (Config, Flax params of numpy float32).
+    The stored ``pos_embed`` must equal the recomputed sin-cos table (it pins input_size and hidden_size)."""
+    config = dit.Config.from_facebook(dict(kwargs))
+    if "pos_embed" in state:
+        stored = to_numpy(state["pos_embed"])
+        table = dit.pos_embed_table(config.hidden_size, config.input_size // config.patch_size)[None]
+        if stored.shape != table.shape or np.max(np.abs(stored - table)) > 1e-6:
+            raise ConversionError(f"{source_name}: pos_embed {tuple(stored.shape)} is not the sin-cos table of "
+                                  f"input_size {config.input_size}, patch {config.patch_size}, hidden "
+                                  f"{config.hidden_size} ({tuple(table.shape)}): wrong --flags?")
+    params = apply_rules(state, target_shapes(config), facebook_rules(config), ignore=["pos_embed"],
+                         source_name=source_name)
+    return config, params
+
+
+def convert_diffusers(state: Mapping[str, Any], transformer_config: Mapping[str, Any], source_name: str = "source"):
+    """``DiTTransformer2DModel`` state dict + its config.json -> (Config, Flax params of numpy float32)."""
+    config = dit.Config.from_diffusers(dict(transformer_config))
+    if not embedders_are_shared(state, config.depth):
+        config = dit.Config.from_diffusers(dict(transformer_config), block_embedders=True)
+    rules, ignore = diffusers_rules(config)
+    params = apply_rules(state, target_shapes(config), rules, ignore=ignore, source_name=source_name)
+    return config, params
+
+
+def facebook_input_size(state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict:
+    """kwargs with ``input_size`` inferred from the stored ``pos_embed`` when not given (256 -> 32, 512 -> 64)."""
+    kwargs = dict(kwargs)
+    if "input_size" not in kwargs and "pos_embed" in state:
+        n = int(state["pos_embed"].shape[1])
+        kwargs["input_size"] = int(round(n ** 0.5)) * int(kwargs.get("patch_size", 2))
+    return kwargs
+
+
+# ---- sources ---------------------------------------------------------------------------------------------------
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def download(repo_id: str, patterns: list[str]) -> str:
+    """``huggingface_hub.snapshot_download`` of the given files; offline, a clear message naming what to fetch."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as e:  # offline mode, no network, unknown repo, missing huggingface_hub
+        fail(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}).\n"
+             f"On a connected machine run: huggingface-cli download {repo_id} "
+             + " ".join(f"--include '{p}'" for p in patterns)
+             + f" --local-dir {repo_id.split('/')[-1]}\nthen pass that folder instead of the hub id.")
+
+
+def fetch_pipeline(repo_id: str) -> str:
+    """Download the DiT pipeline files (configs, transformer and vae weights) of a hub repository."""
+    folder = download(repo_id, ["*.json", "transformer/diffusion_pytorch_model.safetensors",
+                                "vae/diffusion_pytorch_model.safetensors"])
+    missing = [c for c in ("transformer", "vae") if not _has_weights(os.path.join(folder, c))]
+    if missing:  # repositories with .bin weights only
+        folder = download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.bin" for c in missing])
+    return folder
+
+
+def _has_weights(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, w)) for w in _WEIGHTS)
+
+
+def resolve_vae(src: str) -> str:
+    """A local diffusers AutoencoderKL folder, or a hub id downloaded (config.json + weights)."""
+    if os.path.isdir(src):
+        return src
+    if os.path.exists(src):
+        fail(f"--vae {src}: expected a diffusers AutoencoderKL folder (config.json + weights) or a hub id "
+             f"({' / '.join(VAE_HUB_IDS)})")
+    folder = download(src, ["config.json", "diffusion_pytorch_model.safetensors"])
+    return folder if _has_weights(folder) else download(src, ["config.json", "diffusion_pytorch_model.bin"])
+
+
+def convert_vae(folder: str) -> tuple[dict, dict]:
+    """A diffusers AutoencoderKL folder -> (jtaba config dict of family ``vae``, params)."""
+    from convert.autoencoders import convert_autoencoder_kl
+
+    return convert_autoencoder_kl(load_state_dict(folder), _read_json(os.path.join(folder, "config.json")),
+                                  source_name=folder)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python convert/dit.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a DiT (class-conditional latent transformer) and its AutoencoderKL into a jtaba "
+                    "checkpoint: DIR (family dit) + DIR/decoder (family vae).",
+        epilog="Examples:\n"
+               "  python convert/dit.py --src facebook/DiT-XL-2-256 --out ckpt/dit256   (hub; the model of the "
+               "paper)\n"
+               "  python convert/dit.py --src path/to/DiT-XL-2-256 --out ckpt/dit256    (the same, downloaded)\n"
+               "  python convert/dit.py --src DiT-XL-2-256x256.pt --vae stabilityai/sd-vae-ft-ema --out ckpt/dit\n"
+               "The facebook release: https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt")
+    p.add_argument("--src", required=True,
+                   help="a facebookresearch/DiT checkpoint (.pt state dict, e.g. DiT-XL-2-256x256.pt), a diffusers "
+                        "DiT pipeline folder (transformer/ vae/ scheduler/), a DiTTransformer2DModel folder, or a "
+                        "hub id such as facebook/DiT-XL-2-256 (downloaded through huggingface_hub)")
+    p.add_argument("--flags", metavar="FILE.json",
+                   help="facebook .pt only: JSON object of models.DiT constructor arguments (input_size, "
+                        "patch_size, hidden_size, depth, num_heads, ...; or an object with a 'config' key such as "
+                        "a golden config.json); default DiT-XL/2 with input_size read from pos_embed")
+    p.add_argument("--vae", help="AutoencoderKL for DIR/decoder: local diffusers folder or hub id "
+                                 f"({' / '.join(VAE_HUB_IDS)}); required for a .pt or a transformer-only folder, "
+                                 "default the pipeline's vae/")
+    add_common_args(p)
+    return p
+
+
+def _facebook_flags(path: str | None) -> dict:
+    if path is None:
+        return {}
+    flags = _read_json(path)
+    if not isinstance(flags, dict):
+        fail(f"--flags {path}: expected a JSON object")
+    return flags.get("config", flags.get("flags", flags))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    src, extras = args.src, {"source": args.src}
+    sched_cfg, vae_src = DIT_HUB_SCHEDULER, args.vae
+    try:
+        if os.path.isfile(src):
+            state = load_state_dict(src)
+            kwargs = facebook_input_size(state, _facebook_flags(args.flags))
+            config, params = convert_facebook(state, kwargs, source_name=src)
+            extras["layout"], extras["facebook_kwargs"] = "facebook", kwargs
+        else:
+            if not os.path.exists(src):
+                if args.flags:
+                    fail("--flags applies to a facebook .pt only")
+                src = fetch_pipeline(src)
+            tdir = os.path.join(src, "transformer") if os.path.isdir(os.path.join(src, "transformer")) else src
+            if tdir != src:  # pipeline folder
+                vae_src = vae_src or os.path.join(src, "vae")
+                sched_path = os.path.join(src, "scheduler", "scheduler_config.json")
+                sched_cfg = _read_json(sched_path) if os.path.exists(sched_path) else sched_cfg
+                index = os.path.join(src, "model_index.json")
+                if os.path.exists(index) and "id2label" in _read_json(index):
+                    extras["id2label"] = _read_json(index)["id2label"]
+            tcfg = _read_json(os.path.join(tdir, "config.json"))
+            config, params = convert_diffusers(load_state_dict(tdir), tcfg, source_name=tdir)
+            extras["layout"] = "diffusers"
+        if vae_src is None:
+            fail(f"{args.src} carries no VAE: pass --vae (a diffusers AutoencoderKL folder or "
+                 f"{' / '.join(VAE_HUB_IDS)})")
+        vae_config, vae_params = convert_vae(resolve_vae(vae_src))
+    except (ConversionError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    diffusion = DiffusionConfig.from_diffusers_scheduler(sched_cfg, learned_sigma=config.learn_sigma)
+    save_checkpoint(args.out, {"family": "dit", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
+                               "extras": extras}, params)
+    del params
+    save_checkpoint(os.path.join(args.out, "decoder"), vae_config, vae_params)
+    print(f"wrote {args.out} (dit, {config.input_size}x{config.input_size} latents, depth {config.depth}) "
+          f"and {os.path.join(args.out, 'decoder')} (vae)")
+
+
+if __name__ == "__main__":
+    main()

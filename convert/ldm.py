@@ -1,0 +1,137 @@
+"""Convert the LDM CelebA-HQ 256 pipeline (``CompVis/ldm-celebahq-256``: ``unet/`` UNet2DModel, ``vqvae/``
+VQModel, ``scheduler/`` DDIMScheduler) into jtaba checkpoints: DIR (family ``unet2d``, with the scheduler's
+schedule) and DIR/decoder (family ``vq``).
+
+Run from the repository root: ``python convert/ldm.py --src CompVis/ldm-celebahq-256 --out DIR`` (hub id, through
+``huggingface_hub.snapshot_download``) or ``--src FOLDER`` (a downloaded pipeline folder with unet/ vqvae/
+scheduler/). Old hub weights name attention params ``query/key/value/proj_attn``; they are renamed as diffusers
+does on load. Every source tensor must be used exactly once (``convert.common.apply_rules``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Mapping
+
+if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+
+from convert.common import ConversionError, add_common_args, apply_rules, eval_shapes, fail, load_state_dict
+from convert.diffusers_keys import diffusers_rules, rename_deprecated_attention
+from jtaba.checkpoint import save_checkpoint
+from jtaba.diffusion import DiffusionConfig
+from jtaba.models import unet2d, vq
+
+HUB_ID = "CompVis/ldm-celebahq-256"
+PATTERNS = ["model_index.json", "unet/*", "vqvae/*", "scheduler/*"]
+CONFIGS = ("unet/config.json", "vqvae/config.json", "scheduler/scheduler_config.json")
+
+
+def convert_unet(state: Mapping[str, Any], config_json: Mapping[str, Any],
+                 source_name: str = "unet") -> tuple[unet2d.Config, dict]:
+    """A diffusers UNet2DModel state dict + its config.json -> (Config, flax params)."""
+    config = unet2d.Config.from_diffusers(config_json)
+    net = unet2d.Network(config)
+    size = 2 ** (len(config.block_out_channels) - 1)  # smallest input; param shapes do not depend on it
+    x = jnp.zeros((1, size, size, config.in_channels), jnp.float32)
+    shapes = eval_shapes(lambda: net.init(jax.random.key(0), x, jnp.zeros((1,), jnp.float32))["params"])
+    params = apply_rules(rename_deprecated_attention(state), shapes, diffusers_rules(shapes), source_name=source_name)
+    return config, params
+
+
+def convert_vq(state: Mapping[str, Any], config_json: Mapping[str, Any],
+               source_name: str = "vqvae") -> tuple[vq.Config, dict]:
+    """A diffusers VQModel state dict + its config.json -> (Config, flax params) (encoder, quant_conv, codebook,
+    post_quant_conv, decoder: every tensor of the file)."""
+    config = vq.Config.from_diffusers(config_json)
+    net = vq.Network(config)
+    size = 2 ** (len(config.block_out_channels) - 1)
+    x = jnp.zeros((1, size, size, config.in_channels), jnp.float32)
+    shapes = eval_shapes(lambda: net.init(jax.random.key(0), x)["params"])
+    params = apply_rules(rename_deprecated_attention(state), shapes, diffusers_rules(shapes), source_name=source_name)
+    return config, params
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} missing (expected a diffusers LDM pipeline folder: unet/ vqvae/ scheduler/)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def fetch(repo_id: str) -> str:
+    """``snapshot_download`` of the pipeline's unet/, vqvae/ and scheduler/; offline or unreachable hub: a clear
+    message saying what to download and where to put it."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, allow_patterns=PATTERNS)
+    except Exception as e:  # offline mode (HF_HUB_OFFLINE=1), no network, unknown repo, missing huggingface_hub
+        name = repo_id.split("/")[-1]
+        fail(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0]}).\n"
+             f"On a connected machine run (huggingface_hub's CLI; 'huggingface-cli download' before 0.34):\n"
+             f"  hf download {repo_id} "
+             + " ".join(f"--include '{p}'" for p in PATTERNS)
+             + f" --local-dir {name}\nand pass --src {name} (a folder with unet/ vqvae/ scheduler/).")
+
+
+def convert_unet_folder(folder: str) -> tuple[dict, dict]:
+    """Pipeline folder -> (jtaba config dict of family ``unet2d`` with the scheduler's schedule, params)."""
+    unet_dir = os.path.join(folder, "unet")
+    sched = _read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
+    config, params = convert_unet(load_state_dict(unet_dir), _read_json(os.path.join(unet_dir, "config.json")),
+                                  source_name=unet_dir)
+    diffusion = DiffusionConfig.from_diffusers_scheduler(sched, learned_sigma=False)
+    return {"family": "unet2d", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
+            "extras": {"decoder": "decoder"}}, params
+
+
+def convert_vq_folder(folder: str) -> tuple[dict, dict]:
+    """Pipeline folder -> (jtaba config dict of family ``vq``, params)."""
+    vq_dir = os.path.join(folder, "vqvae")
+    config, params = convert_vq(load_state_dict(vq_dir), _read_json(os.path.join(vq_dir, "config.json")),
+                                source_name=vq_dir)
+    return {"family": "vq", "model": config.to_dict(), "extras": {}}, params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python convert/ldm.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert the LDM CelebA-HQ pipeline (UNet2DModel + VQModel + DDIM schedule) into jtaba "
+                    "checkpoints: DIR (family unet2d) and DIR/decoder (family vq).",
+        epilog=f"Examples:\n  python convert/ldm.py --src {HUB_ID} --out ckpt/ldm\n"
+               "  python convert/ldm.py --src path/to/ldm-celebahq-256 --out ckpt/ldm   (downloaded folder)")
+    p.add_argument("--src", required=True,
+                   help=f"hub id ({HUB_ID}) or a local diffusers pipeline folder with unet/ vqvae/ scheduler/")
+    add_common_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if os.path.exists(args.src) and not os.path.isdir(args.src):
+        fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ vqvae/ scheduler/)")
+    folder = args.src if os.path.isdir(args.src) else fetch(args.src)
+    decoder_dir = os.path.join(args.out, "decoder")
+    try:  # one model in memory at a time
+        for name in CONFIGS:  # all present before anything is written
+            _read_json(os.path.join(folder, name))
+        unet_ckpt, params = convert_unet_folder(folder)
+        unet_ckpt["extras"]["source"] = args.src
+        save_checkpoint(args.out, unet_ckpt, params)
+        del params
+        vq_ckpt, params = convert_vq_folder(folder)
+        vq_ckpt["extras"]["source"] = args.src
+        save_checkpoint(decoder_dir, vq_ckpt, params)
+    except (ConversionError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    print(f"wrote {args.out} (unet2d, {unet_ckpt['model']['block_out_channels']} channels) and {decoder_dir} (vq)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Multi-process runs: an explicit opt-in wrapper around ``jax.distributed.initialize``.
+
+Call ``initialize`` before any other JAX call (it must run before the backends start). Every process then sees all
+devices of all processes in ``jax.devices()``; ``jtaba.sharding`` builds the data mesh over them. On CPU the
+cross-process collectives go through gloo (``jax_cpu_collectives_implementation``; without it a CPU computation that
+spans processes fails), which is what the localhost tests use.
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+
+
+def initialize(coordinator: str, num_processes: int, process_id: int, *, local_device_ids=None,
+               cpu_collectives: str = "gloo", timeout_s: int = 300) -> None:
+    """Join the run coordinated at ``coordinator`` ("host:port"; process 0 serves it) as ``process_id`` of
+    ``num_processes``."""
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids, initialization_timeout=timeout_s)
+
+
+def is_main() -> bool:
+    """True on the process that writes files (process 0)."""
+    return jax.process_index() == 0
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("multi-process (all three flags, or none for a single process)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0's coordination service; enables jax.distributed")
+    g.add_argument("--num-processes", type=int, default=None, help="total number of processes of the run")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. num-processes-1")
+
+
+def initialize_from_flags(args: argparse.Namespace) -> None:
+    """``initialize`` when ``--coordinator`` was given (then the other two flags are required); else nothing."""
+    if args.coordinator is None:
+        if args.num_processes not in (None, 1) or args.process_id not in (None, 0):
+            raise SystemExit("--num-processes/--process-id need --coordinator")
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise SystemExit("--coordinator needs --num-processes and --process-id")
+    initialize(args.coordinator, args.num_processes, args.process_id)

@@ -1,0 +1,282 @@
+"""Guided-diffusion (ADM) UNet (``guided_diffusion/unet.py::UNetModel`` of the taba fork) in flax.linen, NHWC.
+
+Submodule names mirror the torch state-dict keys with ``.N`` written ``_N`` (``input_blocks.3.1.qkv`` ->
+``input_blocks_3_1/qkv``; ``out.2`` -> ``out_2``), so the converter maps keys by a regular rule.
+
+Numerics follow upstream: GroupNorm (32 groups, eps 1e-5) and the attention softmax run in float32 and are cast
+back; with a reduced compute ``dtype`` only the torso convolutions / attention projections run in it (upstream
+``convert_to_fp16`` touches conv layers only), while the time embedding, the ResBlock embedding projections and
+the output head stay float32. Params are always float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_CLASSES = 1000
+
+# guided_diffusion.script_util.model_and_diffusion_defaults() (model and diffusion flags).
+FLAG_DEFAULTS: dict[str, Any] = dict(
+    image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1, num_head_channels=-1,
+    attention_resolutions="16,8", channel_mult="", dropout=0.0, class_cond=False, use_checkpoint=False,
+    use_scale_shift_norm=True, resblock_updown=False, use_fp16=False, use_new_attention_order=False,
+    learn_sigma=False, diffusion_steps=1000, noise_schedule="linear", timestep_respacing="", use_kl=False,
+    predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
+)
+
+# script_util.create_model: channel_mult "" -> chosen by image size (the taba fork adds 32).
+DEFAULT_CHANNEL_MULT = {
+    512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """``UNetModel`` constructor arguments. ``attention_ds``: downsample factors (1, 2, 4, ...) with attention.
+    ``num_classes`` None = unconditional. ``use_fp16`` records upstream's torso dtype only (the compute dtype is
+    ``Network.dtype``)."""
+    image_size: int
+    model_channels: int
+    num_res_blocks: int
+    attention_ds: tuple[int, ...]
+    channel_mult: tuple[float, ...] = (1, 2, 4, 8)
+    in_channels: int = 3
+    out_channels: int = 3
+    dropout: float = 0.0
+    num_classes: int | None = None
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    use_new_attention_order: bool = False
+    use_fp16: bool = False
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["attention_ds"], d["channel_mult"] = list(self.attention_ds), list(self.channel_mult)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown adm Config keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("attention_ds", "channel_mult"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> "Config":
+        """From guided-diffusion ``create_model_and_diffusion`` flags (missing ones take upstream defaults)."""
+        f = {**FLAG_DEFAULTS, **flags}
+        size = int(f["image_size"])
+        if f["channel_mult"] == "":
+            if size not in DEFAULT_CHANNEL_MULT:
+                raise ValueError(f"unsupported image size: {size} (give channel_mult explicitly)")
+            mult = DEFAULT_CHANNEL_MULT[size]
+        else:
+            mult = tuple(int(m) for m in str(f["channel_mult"]).split(","))
+        attention_ds = tuple(size // int(res) for res in str(f["attention_resolutions"]).split(","))
+        return cls(
+            image_size=size,
+            model_channels=int(f["num_channels"]),
+            num_res_blocks=int(f["num_res_blocks"]),
+            attention_ds=attention_ds,
+            channel_mult=mult,
+            out_channels=6 if f["learn_sigma"] else 3,
+            dropout=float(f["dropout"]),
+            num_classes=NUM_CLASSES if f["class_cond"] else None,
+            num_heads=int(f["num_heads"]),
+            num_head_channels=int(f["num_head_channels"]),
+            num_heads_upsample=int(f["num_heads_upsample"]),
+            use_scale_shift_norm=bool(f["use_scale_shift_norm"]),
+            resblock_updown=bool(f["resblock_updown"]),
+            use_new_attention_order=bool(f["use_new_attention_order"]),
+            use_fp16=bool(f["use_fp16"]),
+        )
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """(B,) timestep labels -> (B, dim) float32 [cos(t f), sin(t f)] (cos first), f_k = max_period^(-k/half)."""
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / half).astype(np.float32)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def group_norm(x: jax.Array, name: str) -> jax.Array:
+    """Upstream GroupNorm32: 32 groups, eps 1e-5, computed in float32, cast back to ``x.dtype``."""
+    norm = nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, name=name)
+    return norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def conv3x3(features: int, dtype: Any, name: str, stride: int = 1, zero: bool = False) -> nn.Conv:
+    """3x3 conv with torch's padding 1 on every side (also for stride 2)."""
+    kw = {"kernel_init": nn.initializers.zeros} if zero else {}
+    return nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, name=name, **kw)
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
+    if num_head_channels == -1:
+        return num_heads
+    if channels % num_head_channels:
+        raise ValueError(f"attention channels {channels} not divisible by num_head_channels {num_head_channels}")
+    return channels // num_head_channels
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv (torch ``Downsample(use_conv=True)``, param ``op``)."""
+    channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return conv3x3(self.channels, self.dtype, "op", stride=2)(x)
+
+
+class Upsample(nn.Module):
+    """Nearest x2 then 3x3 conv (torch ``Upsample(use_conv=True)``, param ``conv``)."""
+    channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return conv3x3(self.channels, self.dtype, "conv")(upsample_nearest(x))
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the (B, E) embedding; ``resample`` "up"/"down" resamples h and x after the
+    first norm+SiLU (nearest / 2x2 average pool)."""
+    out_channels: int
+    use_scale_shift_norm: bool
+    dropout: float = 0.0
+    resample: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, emb, train: bool):
+        h = nn.silu(group_norm(x, "in_layers_0"))
+        if self.resample is not None:
+            fn = upsample_nearest if self.resample == "up" else avg_pool2
+            h, x = fn(h), fn(x)
+        h = conv3x3(self.out_channels, self.dtype, "in_layers_2")(h)
+        width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
+        emb_out = nn.Dense(width, name="emb_layers_1")(nn.silu(emb)).astype(h.dtype)[:, None, None, :]
+        if self.use_scale_shift_norm:
+            scale, shift = jnp.split(emb_out, 2, axis=-1)
+            h = group_norm(h, "out_layers_0") * (1 + scale) + shift
+        else:
+            h = group_norm(h + emb_out, "out_layers_0")
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        h = conv3x3(self.out_channels, self.dtype, "out_layers_3", zero=True)(h)
+        if x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="skip_connection")(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over all positions. ``new_order`` False = ``QKVAttentionLegacy``: the 3C qkv channels are
+    head-major (head, q/k/v, ch); True = ``QKVAttention``: (q/k/v, head, ch). q and k are each scaled by
+    ch^-1/4; softmax in float32."""
+    num_heads: int
+    new_order: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, hh, ww, c = x.shape
+        heads, ch = self.num_heads, c // self.num_heads
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(group_norm(x, "norm").reshape(b, hh * ww, c))
+        qkv = qkv.reshape(b, hh * ww, 3, heads, ch) if self.new_order else qkv.reshape(b, hh * ww, heads, 3, ch)
+        axis = 2 if self.new_order else 3
+        q, k, v = (jnp.take(qkv, i, axis=axis) for i in range(3))  # each (B, L, heads, ch)
+        scale = 1 / math.sqrt(math.sqrt(ch))
+        w = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(w.dtype)
+        a = jnp.einsum("bhts,bshc->bthc", w, v).reshape(b, hh * ww, c)
+        h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(a)
+        return x + h.reshape(b, hh, ww, c)
+
+
+class Network(nn.Module):
+    """``__call__(x (B,H,W,in_ch), t (B,) float labels, cond (B,) int32 class labels or None)``
+    -> (B,H,W,out_channels) float32 (learned sigma: first 3 channels are eps)."""
+    config: Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, t, cond=None, *, train: bool = False):
+        cfg, dt = self.config, self.dtype
+        if (cond is not None) != (cfg.num_classes is not None):
+            raise ValueError("adm: pass cond (class labels) if and only if the model is class-conditional")
+        c0 = cfg.model_channels
+        emb = nn.Dense(4 * c0, name="time_embed_0")(timestep_embedding(t, c0))
+        emb = nn.Dense(4 * c0, name="time_embed_2")(nn.silu(emb))
+        if cfg.num_classes is not None:
+            emb = emb + nn.Embed(cfg.num_classes, 4 * c0, name="label_emb")(cond)
+
+        def res(out_ch, name, resample=None):
+            return ResBlock(out_ch, cfg.use_scale_shift_norm, cfg.dropout, resample, dt, name=name)
+
+        def attn(ch, heads, name):
+            n = num_attention_heads(ch, heads, cfg.num_head_channels)
+            return AttentionBlock(n, cfg.use_new_attention_order, dt, name=name)
+
+        ch = int(cfg.channel_mult[0] * c0)
+        h = conv3x3(ch, dt, "input_blocks_0_0")(x.astype(dt))
+        hs, ds, index = [h], 1, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                ch = int(mult * c0)
+                h = res(ch, f"input_blocks_{index}_0")(h, emb, train)
+                if ds in cfg.attention_ds:
+                    h = attn(ch, cfg.num_heads, f"input_blocks_{index}_1")(h)
+                hs.append(h)
+                index += 1
+            if level != len(cfg.channel_mult) - 1:
+                name = f"input_blocks_{index}_0"
+                h = res(ch, name, "down")(h, emb, train) if cfg.resblock_updown else Downsample(ch, dt, name=name)(h)
+                hs.append(h)
+                ds *= 2
+                index += 1
+
+        h = res(ch, "middle_block_0")(h, emb, train)
+        h = attn(ch, cfg.num_heads, "middle_block_1")(h)
+        h = res(ch, "middle_block_2")(h, emb, train)
+
+        heads_up = cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample
+        index = 0
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                ch = int(mult * c0)
+                h = res(ch, f"output_blocks_{index}_0")(jnp.concatenate([h, hs.pop()], axis=-1), emb, train)
+                sub = 1
+                if ds in cfg.attention_ds:
+                    h = attn(ch, heads_up, f"output_blocks_{index}_1")(h)
+                    sub = 2
+                if level and i == cfg.num_res_blocks:
+                    name = f"output_blocks_{index}_{sub}"
+                    h = res(ch, name, "up")(h, emb, train) if cfg.resblock_updown else Upsample(ch, dt, name=name)(h)
+                    ds //= 2
+                index += 1
+
+        h = nn.silu(group_norm(h.astype(jnp.float32), "out_0"))
+        return conv3x3(cfg.out_channels, jnp.float32, "out_2", zero=True)(h)

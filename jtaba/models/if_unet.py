@@ -1,0 +1,431 @@
+"""DeepFloyd IF stage I: the diffusers ``UNet2DConditionModel`` subset it uses (family ``"if_unet"``), NHWC.
+
+``Network(x (B,H,W,in_channels), t (B,) float32 timestep labels, cond (B,L,encoder_hid_dim) T5 prompt embeddings)``
+-> (B,H,W,out_channels) float32; IF-I has learned sigma, 6 channels = (eps, variance interpolation).
+
+What runs (diffusers 0.42.1 ``UNet2DConditionModel.forward`` with IF's config):
+* ``emb = TimestepEmbedding(Timesteps(t, C0, flip_sin_to_cos, freq_shift))`` (act ``act_fn``) ``+
+  add_embedding(cond)``, where ``add_embedding`` = ``TextTimeEmbedding``: LayerNorm -> ``AttentionPooling`` (a
+  class token = mean over tokens + positional embedding attends over [class token, tokens] with
+  ``addition_embed_type_num_heads`` heads; q and k both scaled by d^-1/4; no output projection) -> Dense ->
+  LayerNorm, applied to the *raw* prompt embeddings (dim ``encoder_hid_dim``).
+* ``text = encoder_hid_proj(cond)`` ("text_proj": Dense ``encoder_hid_dim -> cross_attention_dim``) feeds every
+  attention as added key/values.
+* Blocks: ``ResnetDownsampleBlock2D`` / ``ResnetUpsampleBlock2D`` (= diffusers_blocks ``DownBlock2D`` /
+  ``UpBlock2D`` with resnet down/up sampling), ``SimpleCrossAttnDownBlock2D`` / ``SimpleCrossAttnUpBlock2D`` /
+  ``UNetMidBlock2DSimpleCrossAttn`` (resnet then ``AddedKVAttention`` per layer; resnet down/up samplers). All
+  resnets: ``resnet_time_scale_shift``, ``resnet_skip_time_act``, ``resnet_out_scale_factor`` (the mid block uses
+  ``mid_block_scale_factor``), eps ``norm_eps``, groups ``norm_num_groups``, act ``act_fn`` (gelu = exact erf).
+* ``AddedKVAttention`` = ``Attention(added_kv_proj_dim=cross_attention_dim, cross_attention_norm="group_norm")``
+  with ``AttnAddedKVProcessor``: GroupNorm(norm_num_groups, eps 1e-5) of the pixels -> q; keys/values =
+  concat([add_k/v_proj(GroupNorm32(text)), to_k/v(pixels)]) over the sequence (``only_cross_attention`` drops the
+  pixel keys); heads = channels // attention_head_dim; softmax(q k^T / sqrt(head_dim)) in float32; ``to_out_0``;
+  plus the residual. The text GroupNorm always has 32 groups (diffusers' ``cross_attention_norm_num_groups``).
+* Up blocks use ``attention_head_dim[i]`` with the *down* index i (diffusers does not reverse it; equal for IF).
+No attention masks: IF's pipeline passes none (padding tokens are attended to, as upstream).
+
+IF-I-XL-v1.0's unet config, verified against stored copies of public files: the hub ``unet/config.json`` as mirrored in a
+fine-tune of it (huggingface.co/lucostiguy11/dreambooth_if, ``_name_or_path`` DeepFloyd/IF-I-XL-v1.0, diffusers
+0.19.0.dev0): act_fn gelu, addition_embed_type "text", addition_embed_type_num_heads 64, attention_head_dim 64,
+block_out_channels [704, 1408, 2112, 2816], cross_attention_dim 2816, cross_attention_norm "group_norm",
+down_block_types [ResnetDownsampleBlock2D, 3 x SimpleCrossAttnDownBlock2D], encoder_hid_dim 4096,
+encoder_hid_dim_type "text_proj", flip_sin_to_cos true, freq_shift 0, in_channels 3, layers_per_block 3,
+mid_block_type UNetMidBlock2DSimpleCrossAttn, mid_block_scale_factor 1, norm_eps 1e-5, norm_num_groups 32,
+only_cross_attention false, out_channels 6, resnet_out_scale_factor 1.0, resnet_skip_time_act false,
+resnet_time_scale_shift "scale_shift", sample_size 64, class_embed_type null, time_embedding_type positional.
+The tail of that file (up_block_types, upcast_attention) was not visible; diffusers' ``scripts/convert_if.py``
+derives them from the original IF-I-XL ``config.yml`` (model_channels 704, channel_mult 1,2,3,4,
+attention_resolutions 32,16,8, num_head_channels 64, resblock_updown true, use_scale_shift_norm true,
+encoder_dim 4096, encoder_channels 2816, att_pool_heads 64, activation gelu; mirrored at
+huggingface.co/ckpt/IF-I-XL-v1.0-16bit): up_block_types [3 x SimpleCrossAttnUpBlock2D, ResnetUpsampleBlock2D],
+upcast_attention false (irrelevant here: the added-KV processor never upcasts q/k; its softmax runs in float32).
+
+Numerics: params float32; denses/convs compute in ``dtype``; GroupNorm/LayerNorm and both softmaxes in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jtaba.models.diffusers_blocks import (DownBlock2D, ResnetArgs, TimestepEmbedding, UpBlock2D, get_activation,
+                                            group_norm, timestep_embedding)
+
+DOWN_BLOCKS = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
+UP_BLOCKS = ("ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
+MID_BLOCKS = ("UNetMidBlock2DSimpleCrossAttn",)
+CROSS_NORM_GROUPS = 32  # diffusers Attention(cross_attention_norm_num_groups=32), not configurable from the UNet
+
+# UNet2DConditionModel options this subset does not implement: (key, the only accepted values).
+_FIXED = (("class_embed_type", (None,)), ("num_class_embeds", (None,)), ("time_embedding_type", ("positional",)),
+          ("time_embedding_act_fn", (None,)), ("timestep_post_act", (None,)), ("time_cond_proj_dim", (None,)),
+          ("center_input_sample", (False,)), ("dual_cross_attention", (False,)), ("num_attention_heads", (None,)),
+          ("class_embeddings_concat", (False,)), ("attention_type", ("default",)),
+          ("encoder_hid_dim_type", (None, "text_proj")), ("addition_embed_type", (None, "text")),
+          ("transformer_layers_per_block", (1,)), ("reverse_transformer_layers_per_block", (None,)),
+          ("cross_attention_norm", (None, "group_norm")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    in_channels: int = 3
+    out_channels: int = 6
+    block_out_channels: tuple[int, ...] = (704, 1408, 2112, 2816)
+    down_block_types: tuple[str, ...] = ("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3
+    up_block_types: tuple[str, ...] = ("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",)
+    mid_block_type: str | None = "UNetMidBlock2DSimpleCrossAttn"
+    layers_per_block: tuple[int, ...] = (3, 3, 3, 3)
+    attention_head_dim: tuple[int, ...] = (64, 64, 64, 64)  # per down block (channels per head)
+    cross_attention_dim: int = 2816
+    encoder_hid_dim: int | None = 4096  # prompt embedding width; None = cond is already cross_attention_dim wide
+    addition_embed_type: str | None = "text"  # "text": TextTimeEmbedding of the prompt added to the time embedding
+    addition_embed_type_num_heads: int = 64
+    cross_attention_norm: str | None = "group_norm"
+    only_cross_attention: bool = False
+    mid_block_only_cross_attention: bool = False
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    act_fn: str = "gelu"
+    resnet_time_scale_shift: str = "scale_shift"
+    resnet_skip_time_act: bool = False
+    resnet_out_scale_factor: float = 1.0
+    mid_block_scale_factor: float = 1.0
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0.0
+    time_embedding_dim: int | None = None  # None = 4 * block_out_channels[0]
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    dropout: float = 0.0
+    sample_size: int = 64  # informational (the network runs at any size divisible by 2**(len(blocks)-1))
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        for name in ("down_block_types", "up_block_types", "layers_per_block", "attention_head_dim"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"if_unet.Config: {name} needs {n} entries (one per block)")
+        bad = [b for b in self.down_block_types if b not in DOWN_BLOCKS] + \
+              [b for b in self.up_block_types if b not in UP_BLOCKS]
+        if self.mid_block_type not in MID_BLOCKS + (None,):
+            bad.append(self.mid_block_type)
+        if bad:
+            raise ValueError(f"if_unet.Config: unsupported block types {bad}; supported {DOWN_BLOCKS + UP_BLOCKS}")
+        if self.cross_attention_norm not in (None, "group_norm"):
+            raise ValueError(f"if_unet.Config: cross_attention_norm {self.cross_attention_norm!r} not supported")
+        if self.addition_embed_type not in (None, "text"):
+            raise ValueError(f"if_unet.Config: addition_embed_type {self.addition_embed_type!r} not supported")
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    @property
+    def cond_dim(self) -> int:
+        """Width D of the prompt embeddings ``cond`` (B, L, D)."""
+        return self.encoder_hid_dim or self.cross_attention_dim
+
+    def resnet_args(self, output_scale_factor: float) -> ResnetArgs:
+        return ResnetArgs(eps=self.norm_eps, groups=self.norm_num_groups, act_fn=self.act_fn,
+                          time_embedding_norm=self.resnet_time_scale_shift, output_scale_factor=output_scale_factor,
+                          dropout=self.dropout, skip_time_act=self.resnet_skip_time_act)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown if_unet.Config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @classmethod
+    def from_diffusers(cls, cfg: Mapping[str, Any]) -> "Config":
+        """From a diffusers ``UNet2DConditionModel`` config.json (defaults as ``UNet2DConditionModel.__init__``).
+        Raises ValueError naming any option outside this subset."""
+        if cfg.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
+            raise ValueError(f"if_unet: expected a UNet2DConditionModel config, got {cfg.get('_class_name')!r}")
+        problems = [f"{k}={cfg[k]!r}" for k, ok in _FIXED if k in cfg and cfg[k] not in ok]
+        only_cross = cfg.get("only_cross_attention", False)
+        if not isinstance(only_cross, bool):
+            problems.append(f"only_cross_attention={only_cross!r} (per-block values)")
+        if problems:
+            raise ValueError("if_unet does not implement these UNet2DConditionModel options: " + ", ".join(problems))
+        down = tuple(cfg.get("down_block_types", ()))
+        n = len(down)
+
+        def per_block(key, default):
+            v = cfg.get(key, default)
+            return tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else (int(v),) * n
+
+        cross_dim = cfg.get("cross_attention_dim", 1280)
+        if isinstance(cross_dim, (list, tuple)):
+            if len(set(cross_dim)) != 1:
+                raise ValueError(f"if_unet: per-block cross_attention_dim {cross_dim} not supported")
+            cross_dim = cross_dim[0]
+        hid_type, hid_dim = cfg.get("encoder_hid_dim_type"), cfg.get("encoder_hid_dim")
+        if hid_type is not None and hid_dim is None:
+            raise ValueError("if_unet: encoder_hid_dim_type is set but encoder_hid_dim is not")
+        mid_only = cfg.get("mid_block_only_cross_attention")
+        block_out = tuple(int(c) for c in cfg.get("block_out_channels", (320, 640, 1280, 1280)))
+        heads = cfg.get("attention_head_dim", 8)
+        heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * n
+        head_dims = tuple(int(c if h is None else h) for h, c in zip(heads, block_out))  # None = one head
+        return cls(
+            in_channels=int(cfg.get("in_channels", 4)), out_channels=int(cfg.get("out_channels", 4)),
+            block_out_channels=block_out, down_block_types=down, up_block_types=tuple(cfg.get("up_block_types", ())),
+            mid_block_type=cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn"),
+            layers_per_block=per_block("layers_per_block", 2), attention_head_dim=head_dims,
+            cross_attention_dim=int(cross_dim), encoder_hid_dim=None if hid_dim is None else int(hid_dim),
+            addition_embed_type=cfg.get("addition_embed_type"),
+            addition_embed_type_num_heads=int(cfg.get("addition_embed_type_num_heads", 64)),
+            cross_attention_norm=cfg.get("cross_attention_norm"), only_cross_attention=only_cross,
+            mid_block_only_cross_attention=only_cross if mid_only is None else bool(mid_only),
+            norm_num_groups=int(cfg.get("norm_num_groups", 32)), norm_eps=float(cfg.get("norm_eps", 1e-5)),
+            act_fn=cfg.get("act_fn", "silu"), resnet_time_scale_shift=cfg.get("resnet_time_scale_shift", "default"),
+            resnet_skip_time_act=bool(cfg.get("resnet_skip_time_act", False)),
+            resnet_out_scale_factor=float(cfg.get("resnet_out_scale_factor", 1.0)),
+            mid_block_scale_factor=float(cfg.get("mid_block_scale_factor", 1.0)),
+            flip_sin_to_cos=bool(cfg.get("flip_sin_to_cos", True)), freq_shift=float(cfg.get("freq_shift", 0)),
+            time_embedding_dim=cfg.get("time_embedding_dim"), conv_in_kernel=int(cfg.get("conv_in_kernel", 3)),
+            conv_out_kernel=int(cfg.get("conv_out_kernel", 3)), dropout=float(cfg.get("dropout", 0.0)),
+            sample_size=int(cfg.get("sample_size") or 64))
+
+
+def layer_norm(x: jax.Array, name: str, eps: float = 1e-5) -> jax.Array:
+    """torch ``nn.LayerNorm`` over the last axis, in float32, cast back to ``x.dtype`` (compact context)."""
+    norm = nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=jnp.float32, name=name)
+    return norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+class AttentionPooling(nn.Module):
+    """diffusers ``AttentionPooling`` (from deepfloyd IF): (B, L, D) -> (B, D). A class token
+    ``mean_L(x) + positional_embedding`` queries [class token, x] with ``num_heads`` heads (head h = channels
+    [h*d, (h+1)*d)); q and k are each scaled by d^-1/4; softmax in float32; no output projection."""
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, _, width = x.shape
+        d = width // self.num_heads
+        pos = self.param("positional_embedding", nn.initializers.normal(width ** -0.5), (1, width), jnp.float32)
+        cls = jnp.mean(x.astype(jnp.float32), axis=1, keepdims=True).astype(self.dtype) + pos.astype(self.dtype)
+        x = jnp.concatenate([cls, x.astype(self.dtype)], axis=1)
+        dense = lambda name: nn.Dense(width, dtype=self.dtype, name=name)  # noqa: E731
+        scale = d ** -0.25
+        q = dense("q_proj")(cls).reshape(b, 1, self.num_heads, d) * scale
+        k = dense("k_proj")(x).reshape(b, -1, self.num_heads, d) * scale
+        v = dense("v_proj")(x).reshape(b, -1, self.num_heads, d)
+        w = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+        return jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, width)
+
+
+class TextTimeEmbedding(nn.Module):
+    """diffusers ``TextTimeEmbedding``: norm1 (LayerNorm) -> pool (AttentionPooling) -> proj (Dense) -> norm2.
+    (B, L, D) -> (B, time_embed_dim)."""
+    time_embed_dim: int
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = layer_norm(x.astype(self.dtype), "norm1")
+        x = AttentionPooling(self.num_heads, dtype=self.dtype, name="pool")(x)
+        x = nn.Dense(self.time_embed_dim, dtype=self.dtype, name="proj")(x)
+        return layer_norm(x, "norm2")
+
+
+class AddedKVAttention(nn.Module):
+    """diffusers ``Attention(added_kv_proj_dim=..., bias=True, upcast_softmax=True)`` with
+    ``AttnAddedKVProcessor``: ``x (B,H,W,C)``, ``text (B,L,Dt)`` -> (B,H,W,C) including the residual.
+    Params: group_norm, [norm_cross], to_q, [to_k, to_v], add_k_proj, add_v_proj, to_out_0."""
+    dim_head: int
+    norm_num_groups: int
+    cross_attention_norm: str | None = "group_norm"
+    only_cross_attention: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, text):
+        b, hgt, wid, c = x.shape
+        heads = c // self.dim_head
+        inner = heads * self.dim_head
+        x = x.astype(self.dtype)
+        text = text.astype(self.dtype)
+        if self.cross_attention_norm == "group_norm":
+            text = group_norm(text, CROSS_NORM_GROUPS, 1e-5, "norm_cross")
+        h = group_norm(x.reshape(b, hgt * wid, c), self.norm_num_groups, 1e-5, "group_norm")
+
+        def proj(name, inp):
+            return nn.Dense(inner, dtype=self.dtype, name=name)(inp).reshape(b, -1, heads, self.dim_head)
+
+        q = proj("to_q", h)
+        k, v = proj("add_k_proj", text), proj("add_v_proj", text)
+        if not self.only_cross_attention:
+            k = jnp.concatenate([k, proj("to_k", h)], axis=1)
+            v = jnp.concatenate([v, proj("to_v", h)], axis=1)
+        w = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * (self.dim_head ** -0.5)
+        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+        a = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, hgt * wid, inner)
+        out = nn.Dense(c, dtype=self.dtype, name="to_out_0")(a)
+        return out.reshape(b, hgt, wid, c) + x
+
+
+class SimpleCrossAttnDownBlock2D(nn.Module):
+    """(resnets_i -> attentions_i) x num_layers, then an optional ``down=True`` resnet ``downsamplers_0``.
+    ``__call__(x, temb, text)`` -> (h, skip states in diffusers order)."""
+    out_channels: int
+    num_layers: int
+    resnet: ResnetArgs
+    attention_head_dim: int
+    cross_attention_norm: str | None
+    only_cross_attention: bool
+    add_downsample: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb, text, train: bool = False):
+        states = ()
+        for i in range(self.num_layers):
+            x = self.resnet.block(self.out_channels, self.dtype, f"resnets_{i}")(x, temb, train)
+            x = AddedKVAttention(self.attention_head_dim, self.resnet.groups, self.cross_attention_norm,
+                                 self.only_cross_attention, dtype=self.dtype, name=f"attentions_{i}")(x, text)
+            states += (x,)
+        if self.add_downsample:
+            x = self.resnet.block(self.out_channels, self.dtype, "downsamplers_0", down=True)(x, temb, train)
+            states += (x,)
+        return x, states
+
+
+class SimpleCrossAttnUpBlock2D(nn.Module):
+    """(concat skip -> resnets_i -> attentions_i) x num_layers, then an optional ``up=True`` resnet
+    ``upsamplers_0``."""
+    out_channels: int
+    num_layers: int
+    resnet: ResnetArgs
+    attention_head_dim: int
+    cross_attention_norm: str | None
+    only_cross_attention: bool
+    add_upsample: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, skips: Sequence[jax.Array], temb, text, train: bool = False):
+        skips = list(skips)
+        for i in range(self.num_layers):
+            x = jnp.concatenate([x.astype(self.dtype), skips.pop().astype(self.dtype)], axis=-1)
+            x = self.resnet.block(self.out_channels, self.dtype, f"resnets_{i}")(x, temb, train)
+            x = AddedKVAttention(self.attention_head_dim, self.resnet.groups, self.cross_attention_norm,
+                                 self.only_cross_attention, dtype=self.dtype, name=f"attentions_{i}")(x, text)
+        if self.add_upsample:
+            x = self.resnet.block(self.out_channels, self.dtype, "upsamplers_0", up=True)(x, temb, train)
+        return x
+
+
+class UNetMidBlock2DSimpleCrossAttn(nn.Module):
+    """resnets_0, then attentions_0 -> resnets_1 (one layer, as UNet2DConditionModel builds it)."""
+    resnet: ResnetArgs
+    attention_head_dim: int
+    cross_attention_norm: str | None
+    only_cross_attention: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb, text, train: bool = False):
+        c = x.shape[-1]
+        x = self.resnet.block(c, self.dtype, "resnets_0")(x, temb, train)
+        x = AddedKVAttention(self.attention_head_dim, self.resnet.groups, self.cross_attention_norm,
+                             self.only_cross_attention, dtype=self.dtype, name="attentions_0")(x, text)
+        return self.resnet.block(c, self.dtype, "resnets_1")(x, temb, train)
+
+
+class Network(nn.Module):
+    """``__call__(x (B,H,W,in_channels), t (B,) float32 labels, cond (B,L,cond_dim) prompt embeddings)`` ->
+    (B,H,W,out_channels) float32. H, W divisible by 2**(len(block_out_channels)-1)."""
+    config: Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, t, cond=None, *, train: bool = False):
+        cfg, dt = self.config, self.dtype
+        if cond is None:
+            raise ValueError("if_unet: cond (prompt embeddings (B, L, D)) is required; use the null prompt for CFG")
+        if cond.ndim != 3 or cond.shape[-1] != cfg.cond_dim:
+            raise ValueError(f"if_unet: cond must be (B, L, {cfg.cond_dim}), got {cond.shape}")
+        c0 = cfg.block_out_channels[0]
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        temb = timestep_embedding(t, c0, cfg.flip_sin_to_cos, cfg.freq_shift).astype(dt)
+        emb = TimestepEmbedding(cfg.time_embed_dim, cfg.act_fn, dtype=dt, name="time_embedding")(temb)
+        if cfg.addition_embed_type == "text":
+            emb = emb + TextTimeEmbedding(cfg.time_embed_dim, cfg.addition_embed_type_num_heads, dtype=dt,
+                                          name="add_embedding")(cond)
+        text = cond.astype(dt)
+        if cfg.encoder_hid_dim is not None:
+            text = nn.Dense(cfg.cross_attention_dim, dtype=dt, name="encoder_hid_proj")(text)
+
+        pad = (cfg.conv_in_kernel - 1) // 2
+        h = nn.Conv(c0, (cfg.conv_in_kernel,) * 2, padding=((pad, pad),) * 2, dtype=dt,
+                    name="conv_in")(x.astype(dt))
+        resnet = cfg.resnet_args(cfg.resnet_out_scale_factor)
+        n = len(cfg.block_out_channels)
+        skips: tuple = (h,)
+        for i, kind in enumerate(cfg.down_block_types):
+            ch, last = cfg.block_out_channels[i], i == n - 1
+            if kind == "ResnetDownsampleBlock2D":
+                h, states = DownBlock2D(ch, cfg.layers_per_block[i], resnet,
+                                        downsample_type=None if last else "resnet", dtype=dt,
+                                        name=f"down_blocks_{i}")(h, emb, train)
+            else:
+                h, states = SimpleCrossAttnDownBlock2D(
+                    ch, cfg.layers_per_block[i], resnet, cfg.attention_head_dim[i], cfg.cross_attention_norm,
+                    cfg.only_cross_attention, not last, dtype=dt, name=f"down_blocks_{i}")(h, emb, text, train)
+            skips += states
+
+        if cfg.mid_block_type is not None:
+            h = UNetMidBlock2DSimpleCrossAttn(cfg.resnet_args(cfg.mid_block_scale_factor),
+                                              cfg.attention_head_dim[-1], cfg.cross_attention_norm,
+                                              cfg.mid_block_only_cross_attention, dtype=dt,
+                                              name="mid_block")(h, emb, text, train)
+
+        rev_layers = cfg.layers_per_block[::-1]
+        for i, kind in enumerate(cfg.up_block_types):
+            ch, last = cfg.block_out_channels[n - 1 - i], i == n - 1
+            num = rev_layers[i] + 1
+            block_skips, skips = skips[-num:], skips[:-num]
+            if kind == "ResnetUpsampleBlock2D":
+                h = UpBlock2D(ch, num, resnet, upsample_type=None if last else "resnet", dtype=dt,
+                              name=f"up_blocks_{i}")(h, block_skips, emb, train=train)
+            else:
+                h = SimpleCrossAttnUpBlock2D(
+                    ch, num, resnet, cfg.attention_head_dim[i], cfg.cross_attention_norm,
+                    cfg.only_cross_attention, not last, dtype=dt, name=f"up_blocks_{i}")(
+                        h, block_skips, emb, text, train)
+
+        h = get_activation(cfg.act_fn)(group_norm(h, cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out"))
+        pad = (cfg.conv_out_kernel - 1) // 2
+        h = nn.Conv(cfg.out_channels, (cfg.conv_out_kernel,) * 2, padding=((pad, pad),) * 2, dtype=dt,
+                    name="conv_out")(h)
+        return h.astype(jnp.float32)
+
+
+def param_shardings(params_shapes: Any, mesh: Mesh, axis: str = "model") -> Any:
+    """Model-parallel placement for the params (IF-I-XL is 17 GB in float32): a tree of ``NamedSharding`` like
+    ``params_shapes`` (arrays or ``ShapeDtypeStruct``) where each leaf's largest dimension divisible by the size of
+    mesh axis ``axis`` is split over it (the later one on ties); other leaves, and every other mesh axis, are
+    replicated. Use as ``ShapeDtypeStruct(shape, float32, sharding=s)`` targets of ``jtaba.checkpoint.load_params``."""
+    n = mesh.shape[axis]
+
+    def one(x):
+        spec = [None] * len(x.shape)
+        dims = [i for i, d in enumerate(x.shape) if d % n == 0]
+        if n > 1 and dims:
+            spec[max(dims, key=lambda i: (x.shape[i], i))] = axis
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(one, params_shapes)

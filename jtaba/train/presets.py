@@ -1,0 +1,80 @@
+"""Training configurations as code. A ``TrainConfig`` is hashable and JSON-serialisable (``run.json``).
+
+``flags`` are guided-diffusion ``create_model_and_diffusion`` flags (missing ones take upstream defaults):
+they define the network (``jtaba.models.adm.Config.from_flags``), the diffusion (``DiffusionConfig.from_adm_flags``)
+and the loss options ``rescale_learned_sigmas`` / ``rescale_timesteps``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+# Fields that may differ between the run.json of a run and a resumed session (everything else must match).
+RESUMABLE_CHANGES = ("steps", "save", "keep", "log_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    flags: tuple[tuple[str, Any], ...]  # sorted (flag, value) pairs; see ``flags_dict``
+    dataset: str  # "procedural" | "cifar10" | "imagenet64" | a prepared tfds name
+    batch_size: int
+    steps: int  # total optimizer updates
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_rate: float = 0.9999
+    random_flip: bool = True
+    compute_dtype: str = "float32"  # "float32" | "bfloat16" (params stay float32)
+    seed: int = 0
+    save: str = "every:2500"  # jtaba.train.save_schedule spec
+    keep: int | None = None  # checkpoints kept (None = all)
+    log_every: int = 100
+
+    @property
+    def flags_dict(self) -> dict[str, Any]:
+        return dict(self.flags)
+
+    def replace(self, **kw) -> "TrainConfig":
+        if "flags" in kw and isinstance(kw["flags"], Mapping):
+            kw["flags"] = freeze_flags(kw["flags"])
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["flags"] = self.flags_dict
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        return cls(**{**d, "flags": freeze_flags(d["flags"])})
+
+
+def freeze_flags(flags: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(flags.items()))
+
+
+# reference §1.1 / §3.12: ADM-32 and ADM-64 as trained in the paper's App. G runs.
+ADM32_FLAGS = dict(image_size=32, num_channels=128, num_res_blocks=3, learn_sigma=True, dropout=0.3,
+                   diffusion_steps=4000, noise_schedule="cosine", rescale_learned_sigmas=True, rescale_timesteps=True)
+ADM64_FLAGS = dict(ADM32_FLAGS, image_size=64, dropout=0.0)
+
+# The built-in default model: ADM-32's diffusion (learned sigma, cosine 4000, rescaled timesteps) on a small
+# 16x16 U-Net that trains on the procedural dataset on a 2-core CPU in about half an hour.
+BUILTIN_FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
+                     attention_resolutions="4", num_heads=2, learn_sigma=True, dropout=0.0, diffusion_steps=4000,
+                     noise_schedule="cosine", rescale_learned_sigmas=True, rescale_timesteps=True)
+
+PRESETS = {
+    "cifar10_adm32": TrainConfig("cifar10_adm32", freeze_flags(ADM32_FLAGS), "cifar10", batch_size=128,
+                                 steps=700_000, save="every:2500+paper_cifar10", log_every=1000),
+    "imagenet64_adm64": TrainConfig("imagenet64_adm64", freeze_flags(ADM64_FLAGS), "imagenet64", batch_size=128,
+                                    steps=1_500_000, save="every:2500+paper_imagenet64", log_every=1000),
+    "builtin": TrainConfig("builtin", freeze_flags(BUILTIN_FLAGS), "procedural", batch_size=64, steps=3000,
+                           lr=2e-4, ema_rate=0.999, save="every:250", keep=3, log_every=50),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,160 @@
+"""convert/dit.py: key accounting on the full-size manifests (both layouts), error naming, and the command line
+end to end (diffusers pipeline folder, facebook .pt + --vae, offline hub id)."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from convert import dit as cdit
+from convert.common import ConversionError, flatten
+from jtaba import model as jmodel
+from jtaba.models import dit
+from tests.golden import golden_path, load_json, load_npz, recipe_state_dict, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Zeros:
+    """A stand-in tensor of the right shape for key accounting only: int8 zeros (1 byte per weight, not cast)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.zeros(self.shape, np.int8)
+
+
+def _manifest_state(rows, keep=None):
+    return {key: (keep[key] if keep and key in keep else Zeros(shape)) for key, shape, _, _ in rows}
+
+
+def _check_all_mapped(config, params):
+    got = {p: v.shape for p, v in flatten(params).items()}
+    assert got == cdit.target_shapes(config)
+
+
+def test_dit_xl_2_facebook_manifest_maps():
+    man = load_json("dit", "manifests", "dit_xl_2.json")
+    state = _manifest_state(man["state_dict"], {"pos_embed": dit.pos_embed_table(1152, 16)[None]})
+    kwargs = cdit.facebook_input_size(state, {})  # input_size read from pos_embed
+    assert kwargs == {"input_size": 32}
+    config, params = cdit.convert_facebook(state, kwargs)
+    assert config == dit.Config.from_facebook(man["config"])
+    _check_all_mapped(config, params)
+    n = sum(int(np.prod(v.shape)) for v in flatten(params).values())
+    assert n + 256 * 1152 == man["num_params"]  # + the pos_embed buffer
+
+
+def test_dit_xl_2_diffusers_manifest_maps():
+    man = load_json("dit", "manifests", "dit_xl_2_diffusers_transformer.json")
+    config, params = cdit.convert_diffusers(_manifest_state(man["state_dict"]), man["config"])
+    assert not config.block_embedders  # equal (zero) copies collapse to the shared embedder
+    facebook = dit.Config.from_facebook(load_json("dit", "manifests", "dit_xl_2.json")["config"])
+    assert config == dataclasses.replace(facebook, freq_shift=1, mlp_norm_eps=1e-5)
+    _check_all_mapped(config, params)
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    cfg = load_json("dit", "dit_tiny", "config.json")
+    keep = {"pos_embed": dit.pos_embed_table(64, 4)[None]}
+    return cfg["config"], recipe_state_dict(cfg["manifest"], cfg["weight_recipe"]["seed"], keep=keep)
+
+
+def test_errors_name_missing_unexpected_and_wrong_shape(tiny_state):
+    kwargs, state = tiny_state
+    bad = dict(state)
+    del bad["blocks.1.mlp.fc2.bias"]
+    bad["blocks.2.attn.qkv.weight"] = np.zeros((192, 64), np.float32)
+    bad["final_layer.linear.weight"] = np.zeros((16, 64), np.float32)
+    with pytest.raises(ConversionError) as e:
+        cdit.convert_facebook(bad, kwargs, source_name="tiny.pt")
+    msg = str(e.value)
+    assert "tiny.pt" in msg
+    assert "missing keys (1): blocks.1.mlp.fc2.bias" in msg
+    assert "unexpected keys (1): blocks.2.attn.qkv.weight" in msg
+    assert "final_layer.linear.weight: (16, 64)" in msg and "final_linear/kernel" in msg
+
+
+def test_wrong_flags_are_caught_by_pos_embed(tiny_state):
+    kwargs, state = tiny_state
+    with pytest.raises(ConversionError, match="pos_embed"):
+        cdit.convert_facebook(state, {**kwargs, "input_size": 16})
+
+
+def test_diffusers_errors_name_keys():
+    from convert.common import load_state_dict
+
+    folder = golden_path("dit_pipeline_tiny", "transformer")
+    with open(os.path.join(folder, "config.json")) as f:
+        tcfg = json.load(f)
+    state = dict(load_state_dict(folder))
+    del state["proj_out_2.bias"]
+    with pytest.raises(ConversionError, match=r"missing keys \(1\): proj_out_2.bias"):
+        cdit.convert_diffusers(state, tcfg)
+    with pytest.raises(ValueError, match="norm_type"):
+        dit.Config.from_diffusers({**tcfg, "norm_type": "ada_norm_single"})
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "convert/dit.py", *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_cli_diffusers_pipeline_folder(tmp_path):
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    src = golden_path("dit_pipeline_tiny")
+    out = tmp_path / "dit"
+    r = _cli("--src", src, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = jmodel.load(str(out))
+    assert m.family == "dit" and m.decoder.family == "vae" and m.decoder.config.scaling_factor == 0.18215
+    d = m.diffusion
+    assert (d.kind, d.beta_schedule, d.beta_start, d.beta_end, d.learned_sigma, d.sample_clip, d.set_alpha_to_one,
+            d.steps_offset) == ("diffusers", "linear", 1e-4, 0.02, True, "none", True, 0)
+    rng = np.random.default_rng(5)
+    x, t, y = rng.standard_normal((2, 4, 8, 8)).astype(np.float32), np.array([3, 900]), np.array([1000, 17])
+    with torch.no_grad():
+        ref = DiTTransformer2DModel.from_pretrained(os.path.join(src, "transformer")).eval()(
+            torch.from_numpy(x), timestep=torch.from_numpy(t), class_labels=torch.from_numpy(y)).sample.numpy()
+    got = m.network.apply({"params": m.params}, jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(t, jnp.float32),
+                          jnp.asarray(y, jnp.int32))
+    _, rel = report("cli dit (diffusers folder)", np.asarray(got).transpose(0, 3, 1, 2), ref)
+    assert rel < 1e-5
+    traj = load_npz("dit_pipeline_tiny", "trajectories.npz")
+    z = jnp.asarray(traj["samples"].transpose(0, 2, 3, 1)) * (1.0 / m.decoder.config.scaling_factor)
+    dec = m.decoder.network.apply({"params": m.decoder.params}, z, method="decode")
+    err, _ = report("cli decoder vs decoded_samples", np.asarray(dec).transpose(0, 3, 1, 2), traj["decoded_samples"])
+    assert err < 5e-5
+
+
+def test_cli_facebook_pt_with_vae(tmp_path):
+    out = tmp_path / "dit"
+    r = _cli("--src", golden_path("dit", "dit_tiny", "model.pt"), "--flags",
+             golden_path("dit", "dit_tiny", "config.json"), "--vae", golden_path("dit_pipeline_tiny", "vae"),
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = jmodel.load(str(out))
+    assert m.extras["layout"] == "facebook" and m.diffusion.learned_sigma and m.diffusion.beta_schedule == "linear"
+    f = load_npz("dit", "dit_tiny", "forward.npz")
+    got = m.network.apply({"params": m.params}, jnp.asarray(f["x"].transpose(0, 2, 3, 1)),
+                          jnp.asarray(f["t"], jnp.float32), jnp.asarray(f["y"], jnp.int32))
+    err, _ = report("cli dit (facebook .pt)", np.asarray(got).transpose(0, 3, 1, 2), f["out"])
+    assert err < 5e-5
+
+
+def test_cli_messages(tmp_path):
+    pt = golden_path("dit", "dit_tiny", "model.pt")
+    r = _cli("--src", pt, "--flags", golden_path("dit", "dit_tiny", "config.json"), "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--vae" in r.stderr
+    r = _cli("--src", "facebook/DiT-XL-2-256", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "huggingface-cli download facebook/DiT-XL-2-256" in r.stderr, r.stderr
+    r = _cli("--src", pt, "--vae", golden_path("dit_pipeline_tiny", "vae"), "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "pos_embed" in r.stderr  # default XL/2 flags do not fit the tiny model

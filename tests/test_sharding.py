@@ -1,0 +1,131 @@
+"""Data parallelism gives the single-device results: 8 fake CPU devices, and two processes on localhost through
+jax.distributed (gloo collectives), both against one device in this process. The subprocess workers run this file
+as a script (``python tests/test_sharding.py OUT N BATCH [COORD NPROC PID]``)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jtaba import noise, sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (3, 8, 8)
+
+
+@jax.jit
+def toy(x, w):
+    """A per-sample jitted net: NCHW -> NHWC conv, tanh, a 3-step scan; returns (x (B,C,H,W), traj (T,B,C,H,W))."""
+    def step(h, _):
+        h = jnp.tanh(jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        return h, h.transpose(0, 3, 1, 2)
+    h, traj = jax.lax.scan(step, x.transpose(0, 2, 3, 1), None, length=3)
+    return h.transpose(0, 3, 1, 2), traj
+
+
+def weights():
+    return np.asarray(jax.random.normal(jax.random.key(0), (3, 3, 3, 3)) * 0.3)
+
+
+def run(n, batch, mesh):
+    """Results of samples 0..n-1 computed batch by batch on ``mesh``: (x (n,...), traj (T,n,...), noise (n,...))."""
+    w = sharding.replicate(weights(), mesh)
+    outs = []
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        idx = sharding.put_batch(np.arange(start, stop, dtype=np.int32), mesh)
+        z = noise.noise_for_indices(5, idx, SHAPE)
+        assert z.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 4)
+        x, traj = toy(z, w)
+        assert traj.sharding.is_equivalent_to(sharding.batch_sharding(mesh, axis=1), 5)
+        traj_back = sharding.put_batch(sharding.gather(traj, stop - start, axis=1), mesh, axis=1)  # host round trip
+        outs.append((sharding.gather(x, stop - start), sharding.gather(traj_back, stop - start, axis=1),
+                     sharding.gather(z, stop - start)))
+    return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs], axis=1),
+            np.concatenate([o[2] for o in outs]))
+
+
+def worker(out, n, batch, coordinator=None, nproc=None, pid=None):
+    if coordinator is not None:
+        from jtaba import distributed
+        distributed.initialize(coordinator, int(nproc), int(pid))
+    mesh = sharding.data_mesh()
+    x, traj, z = run(int(n), int(batch), mesh)
+    if jax.process_index() == 0:
+        np.savez(out, x=x, traj=traj, z=z, devices=len(jax.devices()), processes=jax.process_count())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def spawn(args, devices):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(procs, timeout=120):
+    """Wait for every worker; the first failure (or the timeout) stops them all."""
+    deadline = time.time() + timeout
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    logs = [p.communicate()[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """One device, one batch holding every sample."""
+    return run(13, 13, sharding.data_mesh(jax.devices()[:1]))
+
+
+def test_padding_and_slicing_keep_every_sample():
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    assert sharding.padded_size(13, mesh) == 13 and sharding.process_rows(13, mesh) == slice(0, 13)
+    x = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    np.testing.assert_array_equal(sharding.gather(sharding.put_batch(x, mesh, axis=1), 5, axis=1), x)
+
+
+def test_any_batch_size_gives_identical_results(reference):
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    for got, ref in zip(run(13, 5, mesh), reference):
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one(reference, tmp_path):
+    out = tmp_path / "eight.npz"
+    finish([spawn([out, 13, 5], devices=8)])  # 13 samples, batches 5, 5, 3 padded to 8 rows each
+    got = np.load(out)
+    assert got["devices"] == 8
+    for name, ref in zip(["x", "traj", "z"], reference):
+        np.testing.assert_array_equal(got[name], ref, err_msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(reference, tmp_path):
+    out, coord = tmp_path / "two.npz", f"localhost:{free_port()}"
+    finish([spawn([out, 13, 6, coord, 2, pid], devices=2) for pid in (0, 1)])  # 4 devices over 2 processes
+    got = np.load(out)
+    assert got["devices"] == 4 and got["processes"] == 2
+    for name, ref in zip(["x", "traj", "z"], reference):
+        np.testing.assert_array_equal(got[name], ref, err_msg=name)
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:])
