@@ -16,8 +16,8 @@ from tests.golden import golden_path, load_npz, report
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-KL_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
-                 up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[16, 32, 32], layers_per_block=2,
+KL_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=2,
                  latent_channels=4, norm_num_groups=8, sample_size=16, scaling_factor=0.13025)
 VQ_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=1,
@@ -61,7 +61,7 @@ def test_autoencoder_kl_matches_diffusers():
     assert cfg["family"] == "vae" and cfg["model"]["scaling_factor"] == 0.13025
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
-    z = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    z = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     with torch.no_grad():
         post = model.encode(torch.from_numpy(x)).latent_dist
         ref_dec = model.decode(torch.from_numpy(z)).sample.numpy()

@@ -11,9 +11,10 @@ import pytest
 from convert.adm import PRESETS, RELEASES, build_parser, convert, main
 from convert.common import ConversionError, flatten
 from jtaba.checkpoint import load_params, read_config
+from jtaba.diffusion import DiffusionConfig
+from jtaba.models.adm import Config
 from tests.golden import golden_path, load_json, load_npz, recipe_state_dict, report
 from tests.test_adm_model import forward, tiny_model
-from jtaba.models.adm import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = ["adm32", "adm64", "adm256"]
@@ -64,8 +65,6 @@ def test_presets_are_the_upstream_flags(name):
 
 
 def test_diffusion_config_of_presets():
-    from jtaba.diffusion import DiffusionConfig
-
     d32 = DiffusionConfig.from_adm_flags(PRESETS["adm32"])
     assert (d32.beta_schedule, d32.num_train_timesteps, d32.rescale_timesteps, d32.learned_sigma) == \
         ("cosine", 4000, True, True)

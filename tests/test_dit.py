@@ -90,14 +90,14 @@ def test_jit_and_bfloat16(tiny):
 
 def test_train_label_dropout(tiny):
     config, params = tiny
-    x, t = jnp.zeros((64, 8, 8, 4)), jnp.full((64,), 10.0)
-    y = jnp.full((64,), 3, jnp.int32)
-    net = dit.Network(config)
-    dropped = net.apply({"params": params}, x, t, y, train=True, rngs={"dropout": jax.random.key(0)})
-    plain, null = net.apply({"params": params}, x, t, y), net.apply({"params": params}, x, t, dit.null_cond(config, 64))
+    x, t = jnp.zeros((40, 8, 8, 4)), jnp.full((40,), 10.0)
+    y = jnp.full((40,), 3, jnp.int32)
+    apply = jax.jit(dit.Network(config).apply, static_argnames="train")
+    dropped = apply({"params": params}, x, t, y, train=True, rngs={"dropout": jax.random.key(0)})
+    plain, null = apply({"params": params}, x, t, y), apply({"params": params}, x, t, dit.null_cond(config, 40))
     is_null = np.all(np.abs(dropped - null) < 1e-6, axis=(1, 2, 3))
     is_plain = np.all(np.abs(dropped - plain) < 1e-6, axis=(1, 2, 3))
-    assert np.all(is_null ^ is_plain) and 0 < is_null.sum() < 20  # p = 0.1
+    assert np.all(is_null ^ is_plain) and 0 < is_null.sum() < 15  # p = 0.1
 
 
 def _diffusers_reference(folder, x, t, y, state=None):

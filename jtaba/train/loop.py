@@ -1,0 +1,120 @@
+"""The training loop: resume-or-init, jitted data-parallel steps, scheduled checkpoints, logging.
+
+Running ``train`` again on the same directory continues from its newest checkpoint; since the data order and
+every step's randomness are functions of (seed, step), the continued run is bit-identical to an uninterrupted
+one. SIGTERM / SIGINT stop the run cleanly after the current step with a checkpoint (a second SIGINT aborts).
+Losses are appended to ``DIR/log.jsonl`` (means over ``log_every`` steps).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jtaba.data import BatchIterator, open_dataset
+from jtaba.train.presets import TrainConfig
+from jtaba.train.run_checkpoints import RunCheckpoints, write_run_config
+from jtaba.train.save_schedule import parse_save_schedule
+from jtaba.train.state import TrainState, init_state, make_optimizer
+from jtaba.train.step import data_mesh, make_train_step, network_for
+
+LOG_NAME = "log.jsonl"
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Yields a dict whose "stop" turns True on SIGTERM / the first SIGINT (main thread only)."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def initial_state(cfg: TrainConfig, mesh) -> TrainState:
+    """Freshly initialised TrainState, replicated over ``mesh``."""
+    flags = cfg.flags_dict
+    state = init_state(network_for(cfg), int(flags["image_size"]), 3, cfg.seed, make_optimizer(cfg.lr,
+                                                                                                  cfg.weight_decay))
+    return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def abstract_state(cfg: TrainConfig, mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of the TrainState, without computing it."""
+    replicated = NamedSharding(mesh, P())
+    shapes = jax.eval_shape(lambda: initial_state(cfg, mesh))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+
+def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_at: int | None = None,
+          on_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainState:
+    """Train until ``cfg.steps`` (or ``stop_at``) updates, resuming from ``out_dir``; returns the final state.
+
+    ``on_step(step)`` is called after every update (before any checkpoint of that step).
+    """
+    mesh = data_mesh()
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {mesh.size} devices")
+    write_run_config(out_dir, cfg)
+    ckpts = RunCheckpoints(out_dir, keep=cfg.keep)
+    should_save = parse_save_schedule(cfg.save)
+    latest = ckpts.latest_step()
+    if latest is None:
+        state, data_state = initial_state(cfg, mesh), None
+    else:
+        state, data_state = ckpts.restore(latest, abstract_state(cfg, mesh))
+    size = int(cfg.flags_dict["image_size"])
+    data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
+    train_step = make_train_step(cfg, mesh)
+    batch_sharding = NamedSharding(mesh, P("data"))
+    step, end = int(state.step), min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
+    if step == 0 and should_save(0):
+        ckpts.save(state, data.state())
+
+    pending: list[dict] = []
+    t_log = time.time()
+    log_path = os.path.join(out_dir, LOG_NAME)
+    with _stop_signals() as signals, tqdm(total=cfg.steps, initial=step, disable=not progress,
+                                          desc=cfg.name, dynamic_ncols=True) as bar:
+        while step < end:
+            batch = jax.device_put(next(data), batch_sharding)
+            state, terms = train_step(state, batch)
+            step += 1
+            pending.append(terms)
+            if on_step is not None:
+                on_step(step)
+            stop = signals["stop"] or step == end
+            if should_save(step) or stop:
+                ckpts.save(state, data.state())
+            if step % cfg.log_every == 0 or stop:
+                means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
+                rate = len(pending) / (time.time() - t_log)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step, **means, "steps_per_s": rate}) + "\n")
+                bar.set_postfix(loss=f"{means['loss']:.4f}", mse=f"{means['mse']:.4f}", vb=f"{means['vb']:.4f}")
+                pending, t_log = [], time.time()
+            bar.update(1)
+            if signals["stop"]:
+                break
+    ckpts.close()
+    return state

@@ -1,0 +1,77 @@
+"""Training-run directory: ``run.json`` (the TrainConfig) and orbax checkpoints ``<step>/{state,data}``.
+
+``state`` = TrainState (params, EMA params, optimizer state, step, rng); ``data`` = the BatchIterator state
+(JSON). Saves are synchronous and atomic (orbax writes to a temporary directory and renames), so a run killed at
+any moment resumes from its last complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jtaba.train.presets import RESUMABLE_CHANGES, TrainConfig
+from jtaba.train.state import TrainState
+
+RUN_CONFIG = "run.json"
+
+
+def read_run_config(directory: str) -> TrainConfig | None:
+    path = os.path.join(directory, RUN_CONFIG)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return TrainConfig.from_dict(json.load(f))
+
+
+def write_run_config(directory: str, cfg: TrainConfig) -> None:
+    """Record ``cfg``; a resumed run must agree with the recorded one except for ``RESUMABLE_CHANGES``."""
+    os.makedirs(directory, exist_ok=True)
+    old = read_run_config(directory)
+    if old is not None:
+        a, b = old.to_dict(), cfg.to_dict()
+        diff = sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b.get(k))
+        if diff:
+            raise ValueError(f"{directory} holds a run with different settings ({', '.join(diff)}: "
+                             f"{[a[k] for k in diff]} vs {[b.get(k) for k in diff]}); use another --out")
+    tmp = os.path.join(directory, RUN_CONFIG + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(directory, RUN_CONFIG))
+
+
+class RunCheckpoints:
+    """Orbax CheckpointManager over ``directory`` keeping ``keep`` newest checkpoints (None = all)."""
+
+    def __init__(self, directory: str, keep: int | None = None):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                             item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, state: TrainState, data_state: dict) -> None:
+        step = int(state.step)
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         data=ocp.args.JsonSave(data_state)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
+        """``like``: a TrainState of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving the structure."""
+        abstract = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like)
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                  data=ocp.args.JsonRestore()))
+        return out["state"], out["data"]
+
+    def close(self) -> None:
+        self.manager.close()
