@@ -22,30 +22,7 @@ from convert.common import (ConversionError, Rule, add_common_args, apply_rules,
                             eval_shapes, fail, identity, load_state_dict, read_flags_file)
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
-from jtaba.models.adm import FLAG_DEFAULTS, Config, Network
-
-# Flags that only choose sampling (steps are chosen at run time): accepted and dropped.
-SAMPLING_FLAGS = ("timestep_respacing", "use_ddim")
-
-
-def _upstream_flags(**overrides) -> dict[str, Any]:
-    """model_and_diffusion_defaults() with ``overrides``, without the sampling-only flags."""
-    return {k: v for k, v in {**FLAG_DEFAULTS, **overrides}.items() if k not in SAMPLING_FLAGS}
-
-
-# The configurations of taba/models/adm/models.py (get_openai_cifar, get_openai_imagenet, get_ddpm_imagenet256).
-PRESETS: dict[str, dict[str, Any]] = {
-    "adm32": _upstream_flags(image_size=32, num_channels=128, num_res_blocks=3, learn_sigma=True,
-                             diffusion_steps=4000, noise_schedule="cosine", rescale_learned_sigmas=True,
-                             rescale_timesteps=True),
-    "adm64": _upstream_flags(image_size=64, class_cond=False, num_res_blocks=3, num_channels=128, learn_sigma=True,
-                             noise_schedule="cosine", diffusion_steps=4000, rescale_learned_sigmas=True,
-                             rescale_timesteps=True),
-    "adm256": _upstream_flags(image_size=256, num_channels=256, num_head_channels=64, num_res_blocks=2,
-                              use_fp16=True, use_scale_shift_norm=True, resblock_updown=True,
-                              attention_resolutions="32,16,8", class_cond=False, noise_schedule="linear",
-                              diffusion_steps=1000, learn_sigma=True),
-}
+from jtaba.models.adm import FLAG_DEFAULTS, PRESETS, SAMPLING_FLAGS, Config, Network, upstream_flags
 
 RELEASES = {
     "adm32": "https://openaipublic.blob.core.windows.net/diffusion/march-2021/cifar10_uncond_50M_500K.pt",
@@ -61,7 +38,7 @@ def normalize_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(flags) - set(FLAG_DEFAULTS) - set(SAMPLING_FLAGS))
     if unknown:
         raise ConversionError(f"unknown guided-diffusion flags {unknown}; known: {sorted(FLAG_DEFAULTS)}")
-    return _upstream_flags(**flags)
+    return upstream_flags(**flags)
 
 
 def torch_key(path: tuple[str, ...]) -> str:

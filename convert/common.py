@@ -70,7 +70,12 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
         return {k: _LazySafetensor(f, k) for k in f.keys()}
     import torch
 
-    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:  # legacy (pre-zip) torch files cannot be memory-mapped
+        if "mmap" not in str(e) and "zip" not in str(e):
+            raise
+        sd = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(sd, dict) and not any(hasattr(v, "shape") for v in sd.values()):
         for key in ("state_dict", "model", "ema"):
             if key in sd and isinstance(sd[key], dict):

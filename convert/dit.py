@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from convert.autoencoders import convert_autoencoder_kl
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
                             identity, load_state_dict, to_numpy)
 from jtaba.checkpoint import save_checkpoint
@@ -204,8 +205,6 @@ def resolve_vae(src: str) -> str:
 
 def convert_vae(folder: str) -> tuple[dict, dict]:
     """A diffusers AutoencoderKL folder -> (jtaba config dict of family ``vae``, params)."""
-    from convert.autoencoders import convert_autoencoder_kl
-
     return convert_autoencoder_kl(load_state_dict(folder), _read_json(os.path.join(folder, "config.json")),
                                   source_name=folder)
 
@@ -246,39 +245,55 @@ def _facebook_flags(path: str | None) -> dict:
     return flags.get("config", flags.get("flags", flags))
 
 
+def resolve_source(args) -> dict:
+    """Where each part comes from: {"pt" | "transformer": path, "vae": folder or hub id, "scheduler": config,
+    "extras": {...}}; hub ids are downloaded. Fails early (before any conversion) when no VAE is known."""
+    src = args.src
+    out = {"scheduler": DIT_HUB_SCHEDULER, "vae": args.vae, "extras": {"source": src}}
+    if os.path.isfile(src):
+        out["pt"] = src
+        out["extras"]["layout"] = "facebook"
+    else:
+        if args.flags:
+            fail("--flags applies to a facebook .pt only (diffusers folders carry their config.json)")
+        if not os.path.exists(src):
+            src = fetch_pipeline(src)
+        out["transformer"] = src
+        out["extras"]["layout"] = "diffusers"
+        if os.path.isdir(os.path.join(src, "transformer")):  # pipeline folder
+            out["transformer"] = os.path.join(src, "transformer")
+            out["vae"] = args.vae or os.path.join(src, "vae")
+            sched = os.path.join(src, "scheduler", "scheduler_config.json")
+            if os.path.exists(sched):
+                out["scheduler"] = _read_json(sched)
+            index = os.path.join(src, "model_index.json")
+            if os.path.exists(index) and "id2label" in _read_json(index):
+                out["extras"]["id2label"] = _read_json(index)["id2label"]
+    if out["vae"] is None:
+        fail(f"{args.src} carries no VAE: pass --vae (a diffusers AutoencoderKL folder or {' / '.join(VAE_HUB_IDS)})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    src, extras = args.src, {"source": args.src}
-    sched_cfg, vae_src = DIT_HUB_SCHEDULER, args.vae
+    source = resolve_source(args)
+    extras = source["extras"]
     try:
-        if os.path.isfile(src):
-            state = load_state_dict(src)
+        vae_config, vae_params = convert_vae(resolve_vae(source["vae"]))  # small; its errors come first
+        if "pt" in source:
+            state = load_state_dict(source["pt"])
             kwargs = facebook_input_size(state, _facebook_flags(args.flags))
-            config, params = convert_facebook(state, kwargs, source_name=src)
-            extras["layout"], extras["facebook_kwargs"] = "facebook", kwargs
+            config, params = convert_facebook(state, kwargs, source_name=source["pt"])
+            extras["facebook_kwargs"] = kwargs
         else:
-            if not os.path.exists(src):
-                if args.flags:
-                    fail("--flags applies to a facebook .pt only")
-                src = fetch_pipeline(src)
-            tdir = os.path.join(src, "transformer") if os.path.isdir(os.path.join(src, "transformer")) else src
-            if tdir != src:  # pipeline folder
-                vae_src = vae_src or os.path.join(src, "vae")
-                sched_path = os.path.join(src, "scheduler", "scheduler_config.json")
-                sched_cfg = _read_json(sched_path) if os.path.exists(sched_path) else sched_cfg
-                index = os.path.join(src, "model_index.json")
-                if os.path.exists(index) and "id2label" in _read_json(index):
-                    extras["id2label"] = _read_json(index)["id2label"]
-            tcfg = _read_json(os.path.join(tdir, "config.json"))
-            config, params = convert_diffusers(load_state_dict(tdir), tcfg, source_name=tdir)
-            extras["layout"] = "diffusers"
-        if vae_src is None:
-            fail(f"{args.src} carries no VAE: pass --vae (a diffusers AutoencoderKL folder or "
-                 f"{' / '.join(VAE_HUB_IDS)})")
-        vae_config, vae_params = convert_vae(resolve_vae(vae_src))
+            tdir = source["transformer"]
+            state = load_state_dict(tdir)
+            config, params = convert_diffusers(state, _read_json(os.path.join(tdir, "config.json")),
+                                               source_name=tdir)
+        del state
+        diffusion = DiffusionConfig.from_diffusers_scheduler(source["scheduler"], learned_sigma=config.learn_sigma)
     except (ConversionError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    diffusion = DiffusionConfig.from_diffusers_scheduler(sched_cfg, learned_sigma=config.learn_sigma)
     save_checkpoint(args.out, {"family": "dit", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
                                "extras": extras}, params)
     del params

@@ -183,85 +183,92 @@ def open_store(out: str, params: dict, n: int):
     return st, status[1:].astype(bool)
 
 
-def run_batches(args, model, inputs: Inputs, n: int, st, done: np.ndarray) -> None:
-    """Every pending batch: put inputs on the data mesh, sample / invert / reconstruct, gather, write a chunk."""
+def check_conditioning(args, model) -> bool:
+    """Whether the model takes class labels; refuses what this script cannot do with it."""
+    class_cond = model.num_classes is not None and model.conditional
+    if model.conditional and not class_cond:
+        raise SystemExit(f"this {model.family} model needs prompt embeddings; this script handles class labels only")
+    if args.labels and not class_cond:
+        raise SystemExit(f"--labels given, but this {model.family} model is not class-conditional")
+    if args.guidance != 1.0 and not class_cond:
+        raise SystemExit("--guidance needs a class-conditional model (classifier-free guidance)")
+    return class_cond
+
+
+def batch_results(args, model, inputs: Inputs, put, start: int, stop: int, class_cond: bool) -> dict:
+    """Samples [start, stop) on the mesh: {file name: (array, sample axis)} (batch padded; ``gather`` cuts it)."""
+    import jtaba
+    from jtaba import noise as noise_lib
+
+    shape = tuple(model.sample_shape)
+    idx = put(np.arange(start, stop, dtype=np.int32))
+    z = (put(inputs.noise[start:stop]) if inputs.noise is not None
+         else noise_lib.noise_for_indices(args.seed, idx, shape))
+    res = {"noise": (z, 0)}
+    cond = None
+    if class_cond:
+        cond = (put(inputs.labels[start:stop].astype(np.int32)) if inputs.labels is not None
+                else noise_lib.labels_for_indices(args.seed, idx, model.num_classes))
+        res["conds"] = (cond, 0)
+    kw = dict(steps=args.steps, cond=cond, guidance=args.guidance, record=args.record)
+
+    def keep(suffix, traj):
+        res[suffix] = (traj.x, 0)
+        if args.record:
+            res.update({f"all_t_{suffix}": (traj.xs, 1), f"all_t_eps_{suffix}": (traj.eps, 1),
+                        f"all_t_pred_xstart_{suffix}": (traj.x0, 1)})
+
+    if inputs.samples is not None:
+        res["samples"] = (put(inputs.samples[start:stop]), 0)
+    else:
+        keep("samples", jtaba.sample(model, z, **kw))
+    x = res["samples"][0]
+    if not args.no_inversion:
+        extra = {}
+        if args.forward_before:
+            fwd = (put(inputs.forward_noise[start:stop]) if inputs.forward_noise is not None
+                   else noise_lib.noise_for_indices(args.forward_seed, idx, shape, "forward"))
+            extra = dict(forward_before=args.forward_before, forward_noise=fwd, forward_level=args.forward_level)
+        if inputs.swap:
+            source = {k: put(v[:, start:stop], axis=1) for k, v in inputs.swap.items()}
+            extra["swap"] = jtaba.Swap(args.swap_type, args.swap_before, source, noise=z)
+        keep("latents", jtaba.invert(model, x, **kw, **extra))
+        if not args.no_reconstruction:
+            keep("samples2", jtaba.sample(model, res["latents"][0], **kw))
+    if model.decoder is not None:
+        res["decoded_samples"] = (jtaba.decode(model, x), 0)
+        if "samples2" in res:
+            res["decoded_samples2"] = (jtaba.decode(model, res["samples2"][0]), 0)
+    return res
+
+
+def run_batches(args, model, inputs: Inputs, n: int, st, done: np.ndarray, class_cond: bool) -> None:
+    """Every pending batch: put inputs on the data mesh, compute, gather to the host, write a chunk (process 0)."""
     import jax
     from tqdm import tqdm
 
-    import jtaba
-    from jtaba import noise as noise_lib
     from jtaba import sharding, store
     from jtaba.model import replicate
 
     mesh = sharding.data_mesh()
     model = replicate(model, sharding.replicated(mesh))
     size = sharding.padded_size(min(args.batch, n), mesh)  # every batch padded alike: one compilation
-    shape = tuple(model.sample_shape)
-    class_cond = model.num_classes is not None and model.conditional
-    if model.conditional and not class_cond:
-        raise SystemExit(f"this {model.family} model needs prompt embeddings; this script handles class labels only")
-    steps = args.steps
-    invert, recon = not args.no_inversion, not (args.no_inversion or args.no_reconstruction)
-    kw = dict(steps=steps, guidance=args.guidance, record=args.record)
-    main = jax.process_index() == 0
-    bar = tqdm(total=n, initial=int(done.sum()), unit="sample", disable=not main, dynamic_ncols=True)
 
     def put(a, axis=0):
-        return sharding.put_batch(np.asarray(a, np.float32) if a.dtype.kind == "f" else np.asarray(a), mesh, axis,
-                                  size)
+        a = np.asarray(a, np.float32) if a.dtype.kind == "f" else np.asarray(a)
+        return sharding.put_batch(a, mesh, axis, size)
 
+    main = jax.process_index() == 0
+    bar = tqdm(total=n, initial=int(done.sum()), unit="sample", disable=not main, dynamic_ncols=True)
     for start, stop in store.pending_ranges(done, args.batch):
-        b = stop - start
-        idx = put(np.arange(start, stop, dtype=np.int32))
-        z = put(inputs.noise[start:stop]) if inputs.noise is not None else noise_lib.noise_for_indices(
-            args.seed, idx, shape)
-        cond = None
-        if class_cond:
-            cond = (put(inputs.labels[start:stop].astype(np.int32)) if inputs.labels is not None
-                    else noise_lib.labels_for_indices(args.seed, idx, model.num_classes))
-        kw["cond"] = cond
-        res = {"noise": (z, 0)}
-        if cond is not None:
-            res["conds"] = (cond, 0)
-        if inputs.samples is not None:
-            x = put(inputs.samples[start:stop])
-        else:
-            s = jtaba.sample(model, z, **kw)
-            x = s.x
-            if args.record:
-                res.update(all_t_samples=(s.xs, 1), all_t_eps_samples=(s.eps, 1), all_t_pred_xstart_samples=(s.x0, 1))
-        res["samples"] = (x, 0)
-        if invert:
-            fkw = {}
-            if args.forward_before:
-                fn = (put(inputs.forward_noise[start:stop]) if inputs.forward_noise is not None
-                      else noise_lib.noise_for_indices(args.forward_seed, idx, shape, "forward"))
-                fkw = dict(forward_before=args.forward_before, forward_noise=fn, forward_level=args.forward_level)
-            if inputs.swap:
-                source = {k: put(v[:, start:stop], axis=1) for k, v in inputs.swap.items()}
-                fkw["swap"] = jtaba.Swap(args.swap_type, args.swap_before, source, noise=z)
-            lat = jtaba.invert(model, x, **kw, **fkw)
-            res["latents"] = (lat.x, 0)
-            if args.record:
-                res.update(all_t_latents=(lat.xs, 1), all_t_eps_latents=(lat.eps, 1),
-                           all_t_pred_xstart_latents=(lat.x0, 1))
-            if recon:
-                r = jtaba.sample(model, lat.x, **kw)
-                res["samples2"] = (r.x, 0)
-                if args.record:
-                    res.update(all_t_samples2=(r.xs, 1), all_t_eps_samples2=(r.eps, 1),
-                               all_t_pred_xstart_samples2=(r.x0, 1))
-        if model.decoder is not None:
-            res["decoded_samples"] = (jtaba.decode(model, x), 0)
-            if recon:
-                res["decoded_samples2"] = (jtaba.decode(model, res["samples2"][0]), 0)
+        res = batch_results(args, model, inputs, put, start, stop, class_cond)
         arrays = {}
         for name, (a, axis) in res.items():
-            host = sharding.gather(a, b, axis)
+            host = sharding.gather(a, stop - start, axis)
             arrays[name] = host.astype(np.int64) if name == "conds" else host.astype(np.float32, copy=False)
         if main:
             st.write(start, stop, arrays)
-        bar.update(b)
+        bar.update(stop - start)
     bar.close()
 
 
@@ -294,11 +301,12 @@ def main(argv: list[str] | None = None) -> str:
     ckpt, tag = model_dir(args)
     model = jtaba.load(ckpt, dtype=args.dtype)
     inputs, n = resolve_inputs(args, model.sample_shape)
+    class_cond = check_conditioning(args, model)
     out = os.path.abspath(args.out or default_out(args, tag, n))
     params = run_params(args, ckpt, n)
     st, done = open_store(out, params, n)
     if not done.all():
-        run_batches(args, model, inputs, n, st, done)
+        run_batches(args, model, inputs, n, st, done, class_cond)
     if st is not None:
         st.finalize()
         if not os.path.exists(os.path.join(out, "metrics.json")):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtaba.diffusion import DiffusionConfig
+from jtaba.schedules import adm_betas
 from jtaba.train import diffusion_loss as dl
 
 
@@ -61,17 +62,17 @@ def _case(seed=0, n=4000):
 
 
 def test_schedule_matches_reference_table():
-    abar = np.cumprod(1 - dl.adm_betas("cosine", 4000))
+    abar = np.cumprod(1 - adm_betas("cosine", 4000))
     np.testing.assert_allclose(abar[[0, 40, 3960]], [0.99999013, 0.999347, 2.309e-4], rtol=2e-4)  # reference §1.2
-    s = dl.make_schedule(dl.adm_betas("cosine", 4000))
+    s = dl.make_schedule(adm_betas("cosine", 4000))
     np.testing.assert_allclose(s.sqrt_alphas_cumprod, np.sqrt(abar).astype(np.float32), rtol=0)
-    np.testing.assert_allclose(dl.adm_betas("cosine", 4000), ref_cosine_betas(4000), rtol=1e-15)
-    np.testing.assert_allclose(dl.adm_betas("linear", 2000)[[0, -1]], [0.5e-4, 0.01], rtol=1e-12)
+    np.testing.assert_allclose(adm_betas("cosine", 4000), ref_cosine_betas(4000), rtol=1e-15)
+    np.testing.assert_allclose(adm_betas("linear", 2000)[[0, -1]], [0.5e-4, 0.01], rtol=1e-12)
 
 
 def test_hybrid_loss_matches_float64_oracle():
     x0, t, noise, out = _case()
-    betas = dl.adm_betas("cosine", 4000)
+    betas = adm_betas("cosine", 4000)
     s = dl.make_schedule(betas)
     for rescale in (True, False):
         mse, vb, xt = ref_loss_terms(ref_cosine_betas(4000), x0, t, noise, out, rescale)
@@ -89,7 +90,7 @@ def test_hybrid_loss_matches_float64_oracle():
 
 def test_vb_trains_only_the_variance_half():
     x0, t, noise, out = _case(1)
-    s = dl.make_schedule(dl.adm_betas("cosine", 4000))
+    s = dl.make_schedule(adm_betas("cosine", 4000))
     xt = dl.q_sample(s, jnp.float32(x0), jnp.int32(t), jnp.float32(noise))
     f = lambda o: jnp.sum(dl.hybrid_loss_terms(s, o, jnp.float32(x0), xt, jnp.int32(t), jnp.float32(noise),
                                                True)["loss"])

@@ -30,6 +30,30 @@ FLAG_DEFAULTS: dict[str, Any] = dict(
     predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
 )
 
+# Flags that only choose sampling (steps are chosen at run time): accepted and dropped.
+SAMPLING_FLAGS = ("timestep_respacing", "use_ddim")
+
+
+def upstream_flags(**overrides) -> dict[str, Any]:
+    """model_and_diffusion_defaults() with ``overrides``, without the sampling-only flags."""
+    return {k: v for k, v in {**FLAG_DEFAULTS, **overrides}.items() if k not in SAMPLING_FLAGS}
+
+
+# The configurations of taba/models/adm/models.py (get_openai_cifar, get_openai_imagenet, get_ddpm_imagenet256).
+PRESETS: dict[str, dict[str, Any]] = {
+    "adm32": upstream_flags(image_size=32, num_channels=128, num_res_blocks=3, learn_sigma=True,
+                             diffusion_steps=4000, noise_schedule="cosine", rescale_learned_sigmas=True,
+                             rescale_timesteps=True),
+    "adm64": upstream_flags(image_size=64, class_cond=False, num_res_blocks=3, num_channels=128, learn_sigma=True,
+                             noise_schedule="cosine", diffusion_steps=4000, rescale_learned_sigmas=True,
+                             rescale_timesteps=True),
+    "adm256": upstream_flags(image_size=256, num_channels=256, num_head_channels=64, num_res_blocks=2,
+                              use_fp16=True, use_scale_shift_norm=True, resblock_updown=True,
+                              attention_resolutions="32,16,8", class_cond=False, noise_schedule="linear",
+                              diffusion_steps=1000, learn_sigma=True),
+}
+
+
 # script_util.create_model: channel_mult "" -> chosen by image size (the taba fork adds 32).
 DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2),

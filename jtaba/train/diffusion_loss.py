@@ -20,18 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtaba.diffusion import DiffusionConfig
-
-
-def adm_betas(schedule: str, num_timesteps: int) -> np.ndarray:
-    """``get_named_beta_schedule`` (float64): "linear" (scaled to 1000 steps) or "cosine" (Nichol & Dhariwal)."""
-    if schedule == "linear":
-        scale = 1000.0 / num_timesteps
-        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
-    if schedule == "cosine":
-        f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return np.array([min(1 - f((i + 1) / num_timesteps) / f(i / num_timesteps), 0.999)
-                         for i in range(num_timesteps)], dtype=np.float64)
-    raise ValueError(f"unknown ADM beta schedule {schedule!r} (expected 'linear' or 'cosine')")
+from jtaba.schedules import adm_betas
 
 
 class Schedule(NamedTuple):
@@ -71,6 +60,7 @@ def make_schedule(betas: np.ndarray) -> Schedule:
 
 
 def schedule_for(diffusion: DiffusionConfig) -> Schedule:
+    """Tables of the training schedule of an ADM (``kind="adm"``) diffusion."""
     if diffusion.kind != "adm":
         raise ValueError("training implements the guided-diffusion (kind='adm') objective only")
     return make_schedule(adm_betas(diffusion.beta_schedule, diffusion.num_train_timesteps))

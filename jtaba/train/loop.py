@@ -17,15 +17,15 @@ from typing import Callable
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jtaba.data import BatchIterator, open_dataset
+from jtaba.sharding import batch_sharding, data_mesh, replicate, replicated
 from jtaba.train.presets import TrainConfig
 from jtaba.train.run_checkpoints import RunCheckpoints, write_run_config
 from jtaba.train.save_schedule import parse_save_schedule
 from jtaba.train.state import TrainState, init_state, make_optimizer
-from jtaba.train.step import data_mesh, make_train_step, network_for
+from jtaba.train.step import make_train_step, network_for
 
 LOG_NAME = "log.jsonl"
 
@@ -56,14 +56,14 @@ def initial_state(cfg: TrainConfig, mesh) -> TrainState:
     flags = cfg.flags_dict
     state = init_state(network_for(cfg), int(flags["image_size"]), 3, cfg.seed, make_optimizer(cfg.lr,
                                                                                                   cfg.weight_decay))
-    return jax.device_put(state, NamedSharding(mesh, P()))
+    return replicate(state, mesh)
 
 
 def abstract_state(cfg: TrainConfig, mesh) -> TrainState:
     """Shapes, dtypes and (replicated) shardings of the TrainState, without computing it."""
-    replicated = NamedSharding(mesh, P())
+    repl = replicated(mesh)
     shapes = jax.eval_shape(lambda: initial_state(cfg, mesh))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
 
 def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_at: int | None = None,
@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_a
     size = int(cfg.flags_dict["image_size"])
     data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
     train_step = make_train_step(cfg, mesh)
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batched = batch_sharding(mesh)
     step, end = int(state.step), min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
     if step == 0 and should_save(0):
         ckpts.save(state, data.state())
@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_a
     with _stop_signals() as signals, tqdm(total=cfg.steps, initial=step, disable=not progress,
                                           desc=cfg.name, dynamic_ncols=True) as bar:
         while step < end:
-            batch = jax.device_put(next(data), batch_sharding)
+            batch = jax.device_put(next(data), batched)
             state, terms = train_step(state, batch)
             step += 1
             pending.append(terms)

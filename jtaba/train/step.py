@@ -9,21 +9,16 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import adm
+from jtaba.sharding import batch_sharding, replicated
 from jtaba.train import diffusion_loss as dl
 from jtaba.train.presets import TrainConfig
 from jtaba.train.state import TrainState, ema_update, make_optimizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def data_mesh() -> Mesh:
-    """All devices on one ``"data"`` axis."""
-    return Mesh(np.array(jax.devices()), ("data",))
 
 
 def network_for(cfg: TrainConfig) -> adm.Network:
@@ -62,6 +57,6 @@ def loss_and_update(cfg: TrainConfig, state: TrainState, x0: jax.Array) -> tuple
 @functools.lru_cache(maxsize=8)
 def make_train_step(cfg: TrainConfig, mesh: Mesh):
     """Jitted ``step(state, batch) -> (state, terms)``: state replicated, batch sharded on ``"data"``."""
-    replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(functools.partial(loss_and_update, cfg), in_shardings=(replicated, batched),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+    repl = replicated(mesh)
+    return jax.jit(functools.partial(loss_and_update, cfg), in_shardings=(repl, batch_sharding(mesh)),
+                   out_shardings=(repl, repl), donate_argnums=(0,))

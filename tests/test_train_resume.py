@@ -1,0 +1,114 @@
+"""Training at tiny scale: a run crashed at step 3, stopped at 3 and resumed ends bit-identical to an uninterrupted
+run; export of the EMA weights; bf16 compute; the data-parallel step on 2 devices matches 1 device."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jtaba.checkpoint import load_params, read_config
+from jtaba.train.export import export_ema
+from jtaba.train.loop import train
+from jtaba.train.presets import PRESETS
+from jtaba.train.run_checkpoints import RunCheckpoints
+from jtaba.train.state import init_state, make_optimizer
+from jtaba.train.step import loss_and_update, network_for
+
+TINY_FLAGS = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
+                  num_heads=1, learn_sigma=True, dropout=0.1, diffusion_steps=100, noise_schedule="cosine",
+                  rescale_learned_sigmas=True, rescale_timesteps=True)
+TINY = PRESETS["builtin"].replace(name="tiny", flags=TINY_FLAGS, batch_size=4, steps=4, lr=1e-3, ema_rate=0.9,
+                                  save="every:2", keep=None, log_every=2)
+
+
+class Crash(Exception):
+    pass
+
+
+def _assert_trees_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_bit_identical(tmp_path):
+    a = train(TINY, str(tmp_path / "a"), progress=False)
+
+    def crash_at_3(step):
+        if step == 3:
+            raise Crash  # a hard kill: nothing is saved for step 3
+
+    run_b = str(tmp_path / "b")
+    with pytest.raises(Crash):
+        train(TINY, run_b, on_step=crash_at_3, progress=False)
+    assert RunCheckpoints(run_b).all_steps() == [0, 2]
+    train(TINY, run_b, stop_at=3, progress=False)  # graceful stop (as on SIGTERM): checkpoint at 3
+    assert RunCheckpoints(run_b).all_steps() == [0, 2, 3]
+    b = train(TINY, run_b, progress=False)
+
+    assert int(b.step) == 4
+    _assert_trees_equal(a, b)  # params, EMA, optimizer state, step, rng
+    init = init_state(network_for(TINY), 8, 3, TINY.seed, make_optimizer(TINY.lr, 0.0))
+    assert not np.allclose(a.params["out_2"]["kernel"], init.params["out_2"]["kernel"])  # it did train
+    assert not np.allclose(a.ema_params["out_2"]["kernel"], a.params["out_2"]["kernel"])
+    ra, rb = RunCheckpoints(str(tmp_path / "a")), RunCheckpoints(run_b)
+    _, data_a = ra.restore(4, a)
+    _, data_b = rb.restore(4, a)
+    assert data_a == data_b == {"epoch": 0, "position": 16}
+    logs = [json.loads(line) for line in open(os.path.join(run_b, "log.jsonl"))]
+    assert [r["step"] for r in logs][-1] == 4 and all(np.isfinite(r["loss"]) for r in logs)
+
+    model_dir = str(tmp_path / "model")
+    assert export_ema(run_b, model_dir) == 4
+    cfg = read_config(model_dir)
+    assert cfg["family"] == "adm" and cfg["diffusion"]["learned_sigma"] and cfg["model"]["out_channels"] == 6
+    assert cfg["diffusion"]["num_train_timesteps"] == 100 and cfg["diffusion"]["rescale_timesteps"]
+    _assert_trees_equal(load_params(model_dir), jax.device_get(b.ema_params))
+
+
+def _one_step(cfg):
+    state = init_state(network_for(cfg), 8, 3, cfg.seed, make_optimizer(cfg.lr, 0.0))
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)), jnp.float32)
+    return jax.jit(lambda s, b: loss_and_update(cfg, s, b))(state, x)
+
+
+@pytest.mark.slow
+def test_bf16_compute_keeps_fp32_master_weights():
+    (s32, t32), (s16, t16) = _one_step(TINY), _one_step(TINY.replace(compute_dtype="bfloat16"))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves((s16.params, s16.ema_params)))
+    np.testing.assert_allclose(t16["loss"], t32["loss"], rtol=0.05)
+    assert float(t16["loss"]) != float(t32["loss"])  # the torso really ran in bfloat16
+
+
+_TWO_DEVICES = """
+import sys, jax, numpy as np
+jax.config.update("jax_num_cpu_devices", 2)
+sys.path.insert(0, {root!r})
+from tests.test_train_resume import TINY
+from jtaba.sharding import data_mesh
+from jtaba.train.loop import initial_state
+from jtaba.train.step import make_train_step
+mesh = data_mesh()
+assert mesh.size == 2
+x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+state, terms = make_train_step(TINY, mesh)(initial_state(TINY, mesh), x)
+np.savez({out!r}, loss=terms["loss"], kernel=state.params["out_2"]["kernel"])
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_step_matches_single_device(tmp_path):
+    out = str(tmp_path / "two.npz")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", _TWO_DEVICES.format(root=root, out=out)], check=True, timeout=300,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    two = np.load(out)
+    state, terms = _one_step(TINY)
+    np.testing.assert_allclose(two["loss"], terms["loss"], rtol=1e-5)
+    np.testing.assert_allclose(two["kernel"], state.params["out_2"]["kernel"], atol=TINY.lr * 1e-2)
