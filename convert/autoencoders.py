@@ -26,7 +26,8 @@ _DEPRECATED_ATTENTION = {"to_q": "query", "to_k": "key", "to_v": "value", "to_ou
 
 
 def torch_key(path: tuple[str, ...]) -> str:
-    """``("decoder", "up_blocks_0", "resnets_1", "conv1", "kernel")`` -> ``decoder.up_blocks.0.resnets.1.conv1.weight``."""
+    """Flax path -> diffusers key: ``("decoder", "up_blocks_0", "resnets_1", "conv1", "kernel")`` ->
+    ``decoder.up_blocks.0.resnets.1.conv1.weight``."""
     return ".".join([re.sub(r"_(\d+)", r".\1", p) for p in path[:-1]] + [_LEAF[path[-1]]])
 
 

@@ -51,7 +51,7 @@ from jtaba.models import if_unet
 
 IF_HUB_ID = "DeepFloyd/IF-I-XL-v1.0"
 MAX_LENGTH = 77  # IFPipeline.encode_prompt
-PARAM_DTYPES = ("float16", "float32", "bfloat16")
+PARAM_DTYPES = ("float16", "float32")
 UNET_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.fp16.bin", "diffusion_pytorch_model.bin")
 GATED = (f"DeepFloyd IF is gated: accept its license at https://huggingface.co/{IF_HUB_ID} with your Hugging Face "
@@ -78,20 +78,22 @@ def unet_rules(shapes: Mapping[tuple, tuple]) -> dict[tuple, Rule]:
     return rules
 
 
-def _cast(rule: Rule, dtype: np.dtype) -> Rule:
-    return Rule(rule.source, lambda w, tf=rule.transform: tf(w).astype(dtype))
+def _to_device(rule: Rule, dtype: np.dtype) -> Rule:
+    """The rule, its result cast to ``dtype`` and moved into a jax array (orbax saves jax arrays with less
+    transient memory than numpy ones: measured +0.75x vs +1.8x of the params)."""
+    return Rule(rule.source, lambda w, tf=rule.transform: jax.device_put(tf(w).astype(dtype)))
 
 
 def convert_unet(state: Mapping[str, Any], unet_config: Mapping[str, Any], param_dtype: str = "float32",
                  source_name: str = "source") -> tuple[if_unet.Config, dict]:
-    """diffusers UNet2DConditionModel state dict (lazy values) + its config.json -> (Config, Flax params as numpy
-    ``param_dtype``), converted and cast one tensor at a time."""
+    """diffusers UNet2DConditionModel state dict (lazy values) + its config.json -> (Config, Flax params: jax arrays
+    of ``param_dtype`` on the default device), converted and cast one tensor at a time."""
     if param_dtype not in PARAM_DTYPES:
         raise ValueError(f"param dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     config = if_unet.Config.from_diffusers(dict(unet_config))
     shapes = target_shapes(config)
     dtype = np.dtype(jnp.dtype(param_dtype))
-    rules = {p: _cast(r, dtype) for p, r in unet_rules(shapes).items()}
+    rules = {p: _to_device(r, dtype) for p, r in unet_rules(shapes).items()}
     return config, apply_rules(state, shapes, rules, source_name=source_name)
 
 

@@ -183,8 +183,19 @@ def open_store(out: str, params: dict, n: int):
     return st, status[1:].astype(bool)
 
 
-def check_conditioning(args, model) -> bool:
-    """Whether the model takes class labels; refuses what this script cannot do with it."""
+def check_args(args, model, n: int) -> bool:
+    """Refuse, before anything is written, what cannot run; returns whether the model takes class labels."""
+    from jtaba import engine
+
+    if n < 1 or args.batch < 1 or args.steps < 1:
+        raise SystemExit("--n, --batch and --steps must be positive")
+    if not 0 <= args.forward_before <= args.steps:
+        raise SystemExit(f"--forward-before must be in [0, --steps={args.steps}]")
+    if args.swap_from:
+        try:
+            engine.mirror_indices(model.diffusion, args.steps, args.swap_type, args.swap_before)
+        except ValueError as e:
+            raise SystemExit(f"--swap-before: {e}") from None
     class_cond = model.num_classes is not None and model.conditional
     if model.conditional and not class_cond:
         raise SystemExit(f"this {model.family} model needs prompt embeddings; this script handles class labels only")
@@ -301,7 +312,7 @@ def main(argv: list[str] | None = None) -> str:
     ckpt, tag = model_dir(args)
     model = jtaba.load(ckpt, dtype=args.dtype)
     inputs, n = resolve_inputs(args, model.sample_shape)
-    class_cond = check_conditioning(args, model)
+    class_cond = check_args(args, model, n)
     out = os.path.abspath(args.out or default_out(args, tag, n))
     params = run_params(args, ckpt, n)
     st, done = open_store(out, params, n)

@@ -71,12 +71,15 @@ class RunStore:
         if os.path.exists(manifest):
             with open(manifest) as f:
                 old = json.load(f)
-            if old["params"] != self.params or old["n"] != self.n:
+            same = old["params"] == self.params and old["n"] == self.n
+            if not same and (old["complete"] or self._chunks()):
                 diff = sorted(k for k in set(old["params"]) | set(self.params)
                               if old["params"].get(k) != self.params.get(k))
                 raise RunMismatch(f"{self.directory} holds a run with other parameters (differs in "
                                   f"{diff + (['n'] if old['n'] != self.n else [])}); use another output directory")
-            self.complete = bool(old.get("complete", False))
+            if not same:  # nothing was written under the old parameters: start over
+                _atomic_json(manifest, {"params": self.params, "n": self.n, "complete": False})
+            self.complete = same and bool(old["complete"])
         else:
             if os.path.isdir(self.directory) and os.listdir(self.directory):
                 raise RunMismatch(f"{self.directory} is not empty and holds no jtaba run; use another directory")

@@ -249,3 +249,14 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ["--model", "--ckpt", "--forward-before", "--swap-from", "--coordinator", "--no-reconstruction"]:
         assert flag in text
+
+
+def test_impossible_runs_are_refused_before_writing(ckpt, ref, tmp_path):
+    out = str(tmp_path / "never")
+    for extra, msg in [(["--swap-from", ref, "--swap-type", "xt", "--swap-before", str(T)], "swap_before"),
+                       (["--forward-before", str(T + 1)], "forward-before"),
+                       (["--labels", os.path.join(ref, "noise.npy")], "not class-conditional"),
+                       (["--guidance", "3"], "class-conditional")]:
+        with pytest.raises(SystemExit, match=msg):
+            sample_invert.main(["--ckpt", ckpt, "--steps", str(T), *extra, "--out", out])
+    assert not os.path.exists(out)

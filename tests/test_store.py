@@ -68,6 +68,11 @@ def test_refuses_other_parameters_and_foreign_directories(tmp_path):
         store.RunStore(tmp_path / "c", {"model": "toy", "seed": 2}, N)
     with pytest.raises(store.RunMismatch, match="'n'"):
         store.RunStore(tmp_path / "c", PARAMS, N + 1)
+    store.RunStore(tmp_path / "f", PARAMS, N)  # opened, nothing written: other parameters may take it over
+    assert store.RunStore(tmp_path / "f", {"model": "toy", "seed": 2}, N).done_mask().sum() == 0
+    with pytest.raises(store.RunMismatch, match="seed"):
+        run(tmp_path / "ref", batch_size=4)
+        store.RunStore(tmp_path / "ref", {"model": "toy", "seed": 2}, N)  # complete runs are kept too
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "noise.npy").write_bytes(b"x")
     with pytest.raises(store.RunMismatch, match="not empty"):

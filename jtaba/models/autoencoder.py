@@ -47,7 +47,8 @@ class UpDecoderBlock2D(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(B, H, W, in) -> (B, H/2^(n-1), W/2^(n-1), out_channels · (2 if double_z else 1)), n = len(block_out_channels)."""
+    """(B, H, W, in) -> (B, H/2^(n-1), W/2^(n-1), out_channels · (2 if double_z else 1)),
+    n = len(block_out_channels)."""
     out_channels: int
     block_out_channels: Sequence[int]
     layers_per_block: int

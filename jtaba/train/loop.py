@@ -8,6 +8,7 @@ Losses are appended to ``DIR/log.jsonl`` (means over ``log_every`` steps).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jtaba.data import BatchIterator, open_dataset
-from jtaba.sharding import batch_sharding, data_mesh, replicate, replicated
+from jtaba.sharding import batch_sharding, data_mesh, replicated
 from jtaba.train.presets import TrainConfig
 from jtaba.train.run_checkpoints import RunCheckpoints, write_run_config
 from jtaba.train.save_schedule import parse_save_schedule
@@ -51,12 +52,16 @@ def _stop_signals():
             signal.signal(s, h)
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_init(cfg: TrainConfig, mesh):
+    init = functools.partial(init_state, network_for(cfg), int(cfg.flags_dict["image_size"]), 3, cfg.seed,
+                             make_optimizer(cfg.lr, cfg.weight_decay))
+    return jax.jit(init, out_shardings=replicated(mesh))
+
+
 def initial_state(cfg: TrainConfig, mesh) -> TrainState:
     """Freshly initialised TrainState, replicated over ``mesh``."""
-    flags = cfg.flags_dict
-    state = init_state(network_for(cfg), int(flags["image_size"]), 3, cfg.seed, make_optimizer(cfg.lr,
-                                                                                                  cfg.weight_decay))
-    return replicate(state, mesh)
+    return _jitted_init(cfg, mesh)()
 
 
 def abstract_state(cfg: TrainConfig, mesh) -> TrainState:
