@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtaba.models.diffusers_blocks import timestep_embedding
+
 NUM_CLASSES = 1000
 
 # guided_diffusion.script_util.model_and_diffusion_defaults() (model and diffusion flags).
@@ -128,14 +130,6 @@ class Config:
             use_new_attention_order=bool(f["use_new_attention_order"]),
             use_fp16=bool(f["use_fp16"]),
         )
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """(B,) timestep labels -> (B, dim) float32 [cos(t f), sin(t f)] (cos first), f_k = max_period^(-k/half)."""
-    half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / half).astype(np.float32)
-    args = t.astype(jnp.float32)[:, None] * freqs[None]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
 def group_norm(x: jax.Array, name: str) -> jax.Array:
@@ -252,7 +246,8 @@ class Network(nn.Module):
         if (cond is not None) != (cfg.num_classes is not None):
             raise ValueError("adm: pass cond (class labels) if and only if the model is class-conditional")
         c0 = cfg.model_channels
-        emb = nn.Dense(4 * c0, name="time_embed_0")(timestep_embedding(t, c0))
+        emb = nn.Dense(4 * c0, name="time_embed_0")(timestep_embedding(t, c0, flip_sin_to_cos=True,
+                                                                         downscale_freq_shift=0))
         emb = nn.Dense(4 * c0, name="time_embed_2")(nn.silu(emb))
         if cfg.num_classes is not None:
             emb = emb + nn.Embed(cfg.num_classes, 4 * c0, name="label_emb")(cond)
