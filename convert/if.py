@@ -11,9 +11,11 @@ Writes
 * with ``--prompts FILE``: DIR/prompts/<FILE stem>.npy (N, 77, 4096) float32 and <stem>.json (the prompts).
 
 Params are stored as float16 by default (``--param-dtype``): the hub weights are float16 values and upstream runs
-the network with ``torch_dtype=float16``, so nothing is lost, and 4.3B params stay 8.6 GB on disk and in RAM while
-converting (one tensor at a time from the memory-mapped safetensors; float32 would need ~17 GB). Restore them as
-float32 (or sharded, see ``jtaba.models.if_unet.param_shardings``) by passing ``ShapeDtypeStruct`` targets to
+the network with ``torch_dtype=float16``, so nothing is lost. The UNet is read one tensor at a time from the
+memory-mapped safetensors (the fp16 file is fetched when the repository has it), so RAM holds one copy of the
+params plus orbax's write buffers: measured 1.84x the params' bytes at peak, i.e. about 16 GB for IF-I-XL's 4.3B
+float16 params (float32 would need about 32 GB). Restore them as float32, or sharded over a mesh axis (see
+``jtaba.models.if_unet.param_shardings``), by passing ``ShapeDtypeStruct`` targets to
 ``jtaba.checkpoint.load_params``: orbax casts while reading.
 
 Prompt embeddings follow ``IFPipeline.encode_prompt`` with ``clean_caption=False`` (what upstream passes):
@@ -162,20 +164,18 @@ def t5_encoder(src: str, device: str = "cpu", dtype: str = "float16", subfolder:
     """The IF pipeline's T5 (``text_encoder/`` + ``tokenizer/`` of ``src``: a local folder or a hub id) as an
     ``EncodeFn`` (already preprocessed prompts -> (N, 77, D) float32)."""
     import torch
-
     from transformers import T5EncoderModel, T5Tokenizer
 
-    torch_dtype = getattr(torch, dtype)
-    kw = {"variant": "fp16"} if dtype == "float16" else {}
     enc_kw = {"subfolder": "text_encoder"} if subfolder else {}
-    tok_kw = {"subfolder": "tokenizer"} if subfolder else {}
-    tokenizer = _hub_call(T5Tokenizer.from_pretrained, src, **tok_kw)
-    try:
-        model = _hub_call(T5EncoderModel.from_pretrained, src, torch_dtype=torch_dtype, low_cpu_mem_usage=True,
-                          **enc_kw, **kw)
+    tokenizer = _hub_call(T5Tokenizer.from_pretrained, src, **({"subfolder": "tokenizer"} if subfolder else {}))
+
+    def load(**kw):
+        return _hub_call(T5EncoderModel.from_pretrained, src, torch_dtype=getattr(torch, dtype), **enc_kw, **kw)
+
+    try:  # the hub repository has float16 files: fetch those (half the download) when computing in float16
+        model = load(variant="fp16") if dtype == "float16" else load()
     except (OSError, ValueError):  # no fp16 variant files
-        model = _hub_call(T5EncoderModel.from_pretrained, src, torch_dtype=torch_dtype, low_cpu_mem_usage=True,
-                          **enc_kw)
+        model = load()
     model = model.to(device).eval()
 
     def encode(prompts: Sequence[str]) -> np.ndarray:

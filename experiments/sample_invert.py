@@ -114,7 +114,8 @@ def resolve_inputs(args, shape) -> tuple[Inputs, int]:
         name = SWAP_FILES[args.swap_type]
         swap = {name: _load(os.path.join(swap_dir, name + ".npy"), "--swap-from (run it with --record)")}
         if swap[name].shape[0] != args.steps:
-            raise SystemExit(f"--swap-from run recorded {swap[name].shape[0]} steps, this run uses --steps={args.steps}")
+            raise SystemExit(f"--swap-from run recorded {swap[name].shape[0]} steps, "
+                             f"this run uses --steps={args.steps}")
         samples = samples if samples is not None else _load(os.path.join(swap_dir, "samples.npy"), "--swap-from")
         noise = noise if noise is not None else _load(os.path.join(swap_dir, "noise.npy"), "--swap-from")
         if labels is None and os.path.exists(os.path.join(swap_dir, "conds.npy")):

@@ -23,7 +23,6 @@ an interrupted checkpoint continues its sampling where it stopped. Several invoc
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -72,74 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---- the training run: steps, EMA parameters, model config ----------------------------------------------------
+# ---- the training run ----------------------------------------------------------------------------------------
 def saved_steps(run_dir: str) -> list[int]:
     """Steps with a complete checkpoint in a jtaba training run directory, ascending."""
-    from jtaba.train.run_checkpoints import RunCheckpoints
+    from jtaba.train.run_checkpoints import RunCheckpoints, read_run_config
 
+    if read_run_config(run_dir) is None:
+        raise SystemExit(f"--run={run_dir}: not a jtaba training run (no run.json; see python -m jtaba.train)")
     ckpts = RunCheckpoints(run_dir)
     try:
         return sorted(ckpts.all_steps())
     finally:
         ckpts.close()
-
-
-@functools.lru_cache(maxsize=4)
-def _param_shapes(config) -> dict:
-    """ShapeDtypeStructs of an ADM ``Network.init`` params tree (no computation)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jtaba.models import adm
-
-    x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    cond = None if config.num_classes is None else jnp.zeros((1,), jnp.int32)
-    return jax.eval_shape(lambda: adm.Network(config).init(jax.random.key(0), x, jnp.zeros((1,)), cond)["params"])
-
-
-def ema_params(run_dir: str, step: int) -> dict:
-    """The EMA parameters saved at ``step`` (nested dict of numpy float32), read alone from the checkpoint's
-    TrainState (params, optimizer state and the rest stay on disk)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    from jtaba.models import adm
-    from jtaba.train.run_checkpoints import RunCheckpoints
-
-    shapes = _param_shapes(adm.Config.from_dict(model_config(run_dir, step)["model"]))
-    target = {"ema_params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    ckpts = RunCheckpoints(run_dir)
-    try:
-        out = ckpts.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))
-    finally:
-        ckpts.close()
-    return out["state"]["ema_params"]
-
-
-def model_config(run_dir: str, step: int) -> dict:
-    """The jtaba checkpoint config.json of the run's model (as ``convert/adm.py`` writes for ADM)."""
-    from jtaba.diffusion import DiffusionConfig
-    from jtaba.models import adm
-    from jtaba.train.run_checkpoints import read_run_config
-
-    cfg = read_run_config(run_dir)
-    if cfg is None:
-        raise SystemExit(f"--run={run_dir}: not a jtaba training run (no run.json)")
-    flags = cfg.flags_dict
-    return {"family": "adm", "model": adm.Config.from_flags(flags).to_dict(),
-            "diffusion": DiffusionConfig.from_adm_flags(flags).to_dict(),
-            "extras": {"flags": flags, "train_run": os.path.abspath(run_dir), "train_step": step,
-                       "ema_rate": cfg.ema_rate}}
-
-
-def export_ema(run_dir: str, step: int, out_dir: str) -> str:
-    """Write checkpoint ``step``'s EMA model as a jtaba checkpoint in ``out_dir`` (for ``jtaba.load``)."""
-    from jtaba.checkpoint import save_checkpoint
-
-    save_checkpoint(out_dir, model_config(run_dir, step), ema_params(run_dir, step))
-    return out_dir
 
 
 # ---- statistics ----------------------------------------------------------------------------------------------
@@ -184,10 +127,12 @@ class Experiment:
         return os.path.exists(self.row_path(part, step))
 
     def model(self, step: int) -> str:
-        """The exported EMA model of ``step`` (exported on first use)."""
+        """The EMA weights of checkpoint ``step`` as a jtaba model directory (exported on first use)."""
+        from jtaba.train.export import export_ema
+
         d = self.path(MODELS_DIR, f"{step:09d}")
         if not os.path.exists(os.path.join(d, "config.json")):
-            export_ema(self.args.run, step, d)
+            export_ema(self.args.run, d, step)
         return d
 
     def sample_invert(self, step: int, part: str) -> str:

@@ -2,8 +2,8 @@
 
 Call ``initialize`` before any other JAX call (it must run before the backends start). Every process then sees all
 devices of all processes in ``jax.devices()``; ``jtaba.sharding`` builds the data mesh over them. On CPU the
-cross-process collectives go through gloo (``jax_cpu_collectives_implementation``; without it a CPU computation that
-spans processes fails), which is what the localhost tests use.
+cross-process collectives go through gloo (``jax_cpu_collectives_implementation``: the default of JAX 0.10, set
+explicitly for older versions that had none); the localhost tests run two CPU processes this way.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ DATA = "data"
 
 
 def data_mesh(devices=None) -> Mesh:
-    """1-D mesh named ``"data"`` over ``devices`` (default: all devices of all processes, in ``jax.devices()`` order)."""
+    """1-D mesh named ``"data"`` over ``devices`` (default: every device of every process, ``jax.devices()``)."""
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA,))
 
 

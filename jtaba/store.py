@@ -145,14 +145,16 @@ class RunStore:
         return names
 
     def _concatenate(self, name: str, chunks, dirs) -> None:
+        """One chunk at a time into a memory-mapped ``.npy`` (one open map: any number of chunks)."""
         axis = sample_axis(name)
-        parts = [np.load(os.path.join(d, name + ".npy"), mmap_mode="r") for d in dirs]
-        shape = list(parts[0].shape)
-        shape[axis] = self.n
+        first = np.load(os.path.join(dirs[0], name + ".npy"), mmap_mode="r")
+        shape = first.shape[:axis] + (self.n,) + first.shape[axis + 1:]
         tmp = os.path.join(self.directory, f".{name}.npy.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=parts[0].dtype, shape=tuple(shape))
-        for (start, stop), part in zip(chunks, parts):
-            out[(slice(None),) * axis + (slice(start, stop),)] = part
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=shape)
+        del first
+        for (start, stop), d in zip(chunks, dirs):
+            out[(slice(None),) * axis + (slice(start, stop),)] = np.load(os.path.join(d, name + ".npy"),
+                                                                        mmap_mode="r")
         out.flush()
-        del out, parts
+        del out
         os.replace(tmp, os.path.join(self.directory, name + ".npy"))

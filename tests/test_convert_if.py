@@ -1,6 +1,7 @@
 """convert/if.py: strict key accounting (the real IF-I-XL layout and a save_pretrained folder), broken state dicts,
 IF's schedule, the prompt-embedding files, the CLI end to end with a stub text encoder, and a sharded restore of the
 float16 checkpoint on 8 fake CPU devices."""
+import copy
 import importlib
 import json
 import os
@@ -107,6 +108,32 @@ def test_prompt_embedding_files(tmp_path):
     assert convert_if.read_prompts(str(tmp_path / "p.txt")) == ["one", "", "Three"]
 
 
+def test_t5_encoder_tiny(tmp_path):
+    """t5_encoder on a tiny random T5 saved as an IF pipeline's text_encoder/ + tokenizer/ (no fp16 variant files:
+    the float16 load falls back to the float32 files): tokens padded to 77 with </s> and the attention mask, as
+    IFPipeline.encode_prompt; compared with the model run on hand-written ids."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    words = "a cat dog house hobbit standing next to its".split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [("\u2581" + w, -3.0) for w in words]
+    transformers.T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    model = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(vocab), d_model=16, d_kv=4, num_heads=4, d_ff=32, num_layers=2,
+        feed_forward_proj="gated-gelu")).eval()
+    model.save_pretrained(tmp_path / "text_encoder")
+    got = convert_if.t5_encoder(str(tmp_path), "cpu", "float32")(["a cat", ""])
+    ids = torch.zeros(2, 77, dtype=torch.long)
+    ids[0, :3] = torch.tensor([4, 5, 1])  # "a", "cat", </s>, then <pad> = 0
+    ids[1, 0] = 1  # the empty prompt is </s> alone
+    with torch.no_grad():
+        ref = model(ids, attention_mask=(torch.arange(77) < torch.tensor([[3], [1]])).long())[0].numpy()
+    assert got.shape == (2, 77, 16) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    half = convert_if.t5_encoder(str(tmp_path), "cpu", "float16")(["a cat", ""])
+    assert half.dtype == np.float32 and np.max(np.abs(half - ref)) < 2e-2
+
+
 def test_offline_hub_message(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
@@ -149,7 +176,7 @@ def test_cli_checkpoint_matches_torch(converted):
     params = load_params(str(out), target)
     assert {v.dtype for v in jax.tree.leaves(params)} == {np.dtype(np.float32)}
     assert len(jax.tree.leaves(params)) == len(model.state_dict())
-    half = UNet2DConditionModel.from_pretrained(converted[0] / "unet").half().float().eval()
+    half = copy.deepcopy(model).half().float()
     x, t, cond = inputs(cfg, seed=3)
     ref = torch_forward(half, x, t, cond)
     _, rel = report("if_unet converted fp16 checkpoint", jax_forward(cfg, params, x, t, cond), ref)
@@ -193,13 +220,14 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_param_shardings_restore_on_8_devices(converted, tmp_path):
     """param_shardings splits each leaf's largest dimension divisible by the 'model' axis (4 of a 2x4 mesh);
     load_params restores the float16 checkpoint as float32 onto it and the sharded forward matches torch."""
     src, out, model, _ = converted
     cfg = if_unet.Config.from_dict(read_config(str(out))["model"])
     x, t, cond = inputs(cfg, seed=4)
-    half = UNet2DConditionModel.from_pretrained(src / "unet").half().float().eval()
+    half = copy.deepcopy(model).half().float()
     np.savez(tmp_path / "io.npz", x=x, t=t, cond=cond, ref=torch_forward(half, x, t, cond))
     script = SHARDED.format(repo=REPO, out=str(out), io=str(tmp_path / "io.npz"))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -1,5 +1,6 @@
 """jtaba.models.if_unet vs diffusers 0.42.1 ``UNet2DConditionModel`` with IF-I's block types and options (tiny
 random configs built here), fp32 parity and bf16 sanity; the IF-I-XL config parses to the module defaults."""
+import functools
 import importlib
 import json
 
@@ -82,9 +83,15 @@ def torch_forward(model: UNet2DConditionModel, x, t, cond) -> np.ndarray:
     return out.numpy().transpose(0, 2, 3, 1)
 
 
-def jax_forward(cfg, params, x, t, cond, dtype=jnp.float32) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def jitted_apply(cfg: if_unet.Config, dtype=jnp.float32):
+    """One compiled forward per (config, dtype), shared by the tests of this and the converter's test file."""
     net = if_unet.Network(cfg, dtype=dtype)
-    return np.asarray(jax.jit(lambda p, *a: net.apply({"params": p}, *a))(params, x, t, cond))
+    return jax.jit(lambda p, *a: net.apply({"params": p}, *a))
+
+
+def jax_forward(cfg, params, x, t, cond, dtype=jnp.float32) -> np.ndarray:
+    return np.asarray(jitted_apply(cfg, dtype)(params, x, t, cond))
 
 
 @pytest.mark.parametrize("kw", [IF_TINY, VARIANT], ids=["if_tiny", "variant"])

@@ -54,8 +54,9 @@ def tiny_adm(directory, class_cond=False):
         return (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
 
     params = jax.tree_util.tree_map_with_path(draw, shapes["params"])
-    save_checkpoint(str(directory), {"family": "adm", "model": config.to_dict(),
-                                     "diffusion": DiffusionConfig.from_adm_flags(flags).to_dict(), "extras": {}}, params)
+    diffusion = DiffusionConfig.from_adm_flags(flags).to_dict()
+    save_checkpoint(str(directory), {"family": "adm", "model": config.to_dict(), "diffusion": diffusion, "extras": {}},
+                    params)
     return str(directory)
 
 
@@ -104,13 +105,14 @@ def test_files_and_values_match_the_api(ckpt, ref):
         assert load(ref, name).shape == ((T, N) if name.startswith("all_t_") else (N,)) + SHAPE, name
     model, put = on_mesh(jtaba.load(ckpt))
     for rows in (slice(0, 2), slice(4, 5)):  # the first and the last (padded) batch, chained from the files
+        b = rows.stop - rows.start
         s = jtaba.sample(model, put(noise[rows]), steps=T, record=True)
-        np.testing.assert_array_equal(load(ref, "samples")[rows], np.asarray(s.x)[:rows.stop - rows.start])
-        np.testing.assert_array_equal(load(ref, "all_t_eps_samples")[:, rows], np.asarray(s.eps)[:, :rows.stop - rows.start])
+        np.testing.assert_array_equal(load(ref, "samples")[rows], np.asarray(s.x)[:b])
+        np.testing.assert_array_equal(load(ref, "all_t_eps_samples")[:, rows], np.asarray(s.eps)[:, :b])
         lat = jtaba.invert(model, put(load(ref, "samples")[rows]), steps=T, record=True)
-        np.testing.assert_array_equal(load(ref, "latents")[rows], np.asarray(lat.x)[:rows.stop - rows.start])
+        np.testing.assert_array_equal(load(ref, "latents")[rows], np.asarray(lat.x)[:b])
         rec = jtaba.sample(model, put(load(ref, "latents")[rows]), steps=T, record=True)
-        np.testing.assert_array_equal(load(ref, "samples2")[rows], np.asarray(rec.x)[:rows.stop - rows.start])
+        np.testing.assert_array_equal(load(ref, "samples2")[rows], np.asarray(rec.x)[:b])
     for final, traj in [("samples", "all_t_samples"), ("latents", "all_t_latents"), ("samples2", "all_t_samples2")]:
         np.testing.assert_array_equal(load(ref, traj)[-1], load(ref, final))
     with open(os.path.join(ref, "metrics.json")) as f:
@@ -252,10 +254,11 @@ def test_help_explains_every_flag(capsys):
 
 
 def test_impossible_runs_are_refused_before_writing(ckpt, ref, tmp_path):
-    out = str(tmp_path / "never")
+    out, labels = str(tmp_path / "never"), str(tmp_path / "labels.npy")
+    np.save(labels, np.zeros(N, np.int64))
     for extra, msg in [(["--swap-from", ref, "--swap-type", "xt", "--swap-before", str(T)], "swap_before"),
                        (["--forward-before", str(T + 1)], "forward-before"),
-                       (["--labels", os.path.join(ref, "noise.npy")], "not class-conditional"),
+                       (["--labels", labels], "not class-conditional"),
                        (["--guidance", "3"], "class-conditional")]:
         with pytest.raises(SystemExit, match=msg):
             sample_invert.main(["--ckpt", ckpt, "--steps", str(T), *extra, "--out", out])
