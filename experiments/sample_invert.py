@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--labels", metavar="FILE.npy",
                      help="class labels (N,) int for class-conditional models (default: drawn uniformly per "
                           "sample from --seed, written as conds.npy)")
+    inp.add_argument("--class-seed", type=int, default=None,
+                     help="draw class labels as taba's DiT scripts do (cond_seed: Python random.choices over the "
+                          "class names of the model's id2label, each repeated --noises-per-class times; reproduces "
+                          "upstream conds.pt)")
+    inp.add_argument("--noises-per-class", type=int, default=1,
+                     help="with --class-seed: consecutive samples sharing a drawn class (upstream noises_per_prompt)")
+    inp.add_argument("--prompt-embeds", metavar="FILE.npy",
+                     help="prompt embeddings (N, L, D) for text-conditioned models (IF), written by "
+                          "`python convert/if.py --prompts FILE` into CKPT/prompts/")
+    inp.add_argument("--schedule-dtype", choices=("float32", "float16"), default=None,
+                     help="diffusers models: scheduler arithmetic in float16 as upstream DiT/IF ran it (default: "
+                          "the checkpoint's, float32)")
     inp.add_argument("--guidance", type=float, default=1.0,
                      help="classifier-free guidance scale for sampling and inversion (1.0 = off, as in the paper)")
     out = p.add_argument_group("outputs")
@@ -91,6 +103,7 @@ class Inputs:
     noise: np.ndarray | None  # None: drawn per index
     samples: np.ndarray | None  # None: sampled
     labels: np.ndarray | None  # None: drawn per index (class-conditional) or unconditional
+    prompts: np.ndarray | None  # (N, L, D) prompt embeddings (text-conditioned models)
     forward_noise: np.ndarray | None
     swap: dict | None  # {"all_t_samples" | "all_t_eps_samples": (T, N, ...)}
 
@@ -101,12 +114,29 @@ def _load(path: str, what: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def resolve_inputs(args, shape) -> tuple[Inputs, int]:
+def upstream_labels(args, model) -> np.ndarray:
+    """taba's class-name sampling (reference §1.5) for --n samples."""
+    from jtaba.class_labels import upstream_class_labels
+
+    id2label = model.extras.get("id2label")
+    if not id2label:
+        raise SystemExit("--class-seed needs the model's id2label (saved by convert/dit.py from a hub checkpoint)")
+    if args.n is None or args.n % args.noises_per_class:
+        raise SystemExit("--class-seed needs --n, a multiple of --noises-per-class")
+    return upstream_class_labels(id2label, args.class_seed, args.n // args.noises_per_class, args.noises_per_class)
+
+
+def resolve_inputs(args, model) -> tuple[Inputs, int]:
     """Open every input file, check shapes, and fix N."""
+    shape = model.sample_shape
     swap_dir = args.swap_from
     noise = _load(args.noise, "--noise") if args.noise else None
     samples = _load(args.samples, "--samples") if args.samples else None
+    if args.labels and args.class_seed is not None:
+        raise SystemExit("--labels and --class-seed cannot be combined")
     labels = _load(args.labels, "--labels") if args.labels else None
+    labels = upstream_labels(args, model) if args.class_seed is not None else labels
+    prompts = _load(args.prompt_embeds, "--prompt-embeds") if args.prompt_embeds else None
     swap = None
     if swap_dir:
         if args.swap_before <= 0:
@@ -128,17 +158,17 @@ def resolve_inputs(args, shape) -> tuple[Inputs, int]:
         raise SystemExit("--forward-noise needs --forward-before=K > 0")
     fwd = _load(args.forward_noise, "--forward-noise") if args.forward_noise else None
     given = [(n, a) for n, a in [("--noise", noise), ("--samples", samples), ("--labels", labels),
-                                 ("--forward-noise", fwd)] if a is not None]
+                                 ("--prompt-embeds", prompts), ("--forward-noise", fwd)] if a is not None]
     n = args.n if args.n is not None else (len(given[0][1]) if given else 1024)
     given += [("--swap-from", np.moveaxis(a, 1, 0)) for a in (swap or {}).values()]  # (N, T, C, H, W) view
     for flag, a in given:
         if len(a) < n:
             raise SystemExit(f"{flag} has {len(a)} samples, fewer than N={n}")
-        if a.ndim > 1 and tuple(a.shape[-3:]) != tuple(shape):
+        if a.ndim > 1 and flag != "--prompt-embeds" and tuple(a.shape[-3:]) != tuple(shape):
             raise SystemExit(f"{flag} samples are {tuple(a.shape[-3:])}, the model's are {tuple(shape)} (NCHW)")
     if labels is not None and labels.ndim != 1:
         raise SystemExit(f"--labels must be (N,) class labels, got shape {labels.shape}")
-    return Inputs(noise, samples, labels, fwd, swap), n
+    return Inputs(noise, samples, labels, prompts, fwd, swap), n
 
 
 def run_params(args, ckpt: str, n: int) -> dict:
@@ -147,6 +177,8 @@ def run_params(args, ckpt: str, n: int) -> dict:
              dict(noise=args.noise, samples=args.samples, labels=args.labels, forward_noise=args.forward_noise,
                   swap_from=args.swap_from).items()}
     return dict(ckpt=ckpt, n=n, steps=args.steps, seed=args.seed, dtype=args.dtype, guidance=args.guidance,
+                class_seed=args.class_seed, noises_per_class=args.noises_per_class,
+                schedule_dtype=args.schedule_dtype,
                 record=args.record, inversion=not args.no_inversion,
                 reconstruction=not (args.no_inversion or args.no_reconstruction),
                 forward_before=args.forward_before, forward_seed=args.forward_seed if args.forward_before else None,
@@ -198,13 +230,20 @@ def check_args(args, model, n: int) -> bool:
         except ValueError as e:
             raise SystemExit(f"--swap-before: {e}") from None
     class_cond = model.num_classes is not None and model.conditional
-    if model.conditional and not class_cond:
-        raise SystemExit(f"this {model.family} model needs prompt embeddings; this script handles class labels only")
-    if args.labels and not class_cond:
-        raise SystemExit(f"--labels given, but this {model.family} model is not class-conditional")
-    if args.guidance != 1.0 and not class_cond:
-        raise SystemExit("--guidance needs a class-conditional model (classifier-free guidance)")
+    text_cond = model.conditional and not class_cond
+    if text_cond and not args.prompt_embeds:
+        raise SystemExit(f"this {model.family} model is text-conditioned: pass --prompt-embeds FILE.npy (made by "
+                         f"`python convert/if.py --prompts FILE`)")
+    if args.prompt_embeds and not text_cond:
+        raise SystemExit(f"--prompt-embeds given, but this {model.family} model is not text-conditioned")
+    if (args.labels or args.class_seed is not None) and not class_cond:
+        raise SystemExit(f"--labels / --class-seed given, but this {model.family} model is not class-conditional")
+    if args.guidance != 1.0 and not model.conditional:
+        raise SystemExit("--guidance needs a conditional model (classifier-free guidance)")
+    if args.schedule_dtype and model.diffusion.kind != "diffusers":
+        raise SystemExit("--schedule-dtype applies to diffusers models (ADM schedules are float64 → float32)")
     return class_cond
+
 
 
 def batch_results(args, model, inputs: Inputs, put, start: int, stop: int, class_cond: bool) -> dict:
@@ -222,6 +261,8 @@ def batch_results(args, model, inputs: Inputs, put, start: int, stop: int, class
         cond = (put(inputs.labels[start:stop].astype(np.int32)) if inputs.labels is not None
                 else noise_lib.labels_for_indices(args.seed, idx, model.num_classes))
         res["conds"] = (cond, 0)
+    elif inputs.prompts is not None:
+        cond = put(inputs.prompts[start:stop])
     kw = dict(steps=args.steps, cond=cond, guidance=args.guidance, record=args.record)
 
     def keep(suffix, traj):
@@ -312,7 +353,9 @@ def main(argv: list[str] | None = None) -> str:
 
     ckpt, tag = model_dir(args)
     model = jtaba.load(ckpt, dtype=args.dtype)
-    inputs, n = resolve_inputs(args, model.sample_shape)
+    if args.schedule_dtype and model.diffusion.kind == "diffusers":
+        model = dataclasses.replace(model, diffusion=model.diffusion.replace(schedule_dtype=args.schedule_dtype))
+    inputs, n = resolve_inputs(args, model)
     class_cond = check_args(args, model, n)
     out = os.path.abspath(args.out or default_out(args, tag, n))
     params = run_params(args, ckpt, n)

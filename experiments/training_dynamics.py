@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR",
                    help="training run directory of `python -m jtaba.train` (run.json and one checkpoint per saved "
                         "step); the EMA parameters of each checkpoint are analysed")
-    p.add_argument("--n", type=int, default=2048, help="number of noises / samples N (upstream 2048)")
+    p.add_argument("--n", type=int, default=2048,
+                   help="number of noises / samples N (upstream 2048; on a 2-core CPU with the built-in model, "
+                        "--n=256 --steps=20 takes one to two minutes per checkpoint)")
     p.add_argument("--steps", type=int, default=100, help="DDIM steps T of sampling and inversion (upstream 100)")
     p.add_argument("--batch", type=int, default=128,
                    help="samples per batch over all devices (memory / speed only; results do not depend on it)")
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the final model whose samples G.1 inverts (default: the last saved step)")
     p.add_argument("--parts", default="g2,g1",
                    help="comma-separated parts to compute: g2 (sample + invert with each checkpoint, Fig. 15) and "
-                        "g1 (invert the final model's samples with each checkpoint, Fig. 14)")
+                        "g1 (invert the final model's samples with each checkpoint, Fig. 14; also computes the "
+                        "final checkpoint's g2 row, whose samples it inverts)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="network compute dtype (params stay float32)")
     p.add_argument("--discard-runs", action="store_true",

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def angle_table(noise, samples, latents) -> dict:
     """Everything triangles.json holds about one set of (N, C, H, W) arrays: per-vertex histograms (178 bins of
     1 degree, left edges 1..178), the most probable triangle (None when no triangle has a positive joint
-    probability, e.g. for very small N), ``calc_angles`` and ``calc_distances``."""
+    probability, e.g. for very small N; the reason in ``most_probable_triangle_error``), the mean per-sample angle
+    per vertex, ``calc_angles`` and ``calc_distances``."""
     from jtaba.metrics.triangles import (ANGLE_BIN_EDGES, angle_histogram, calc_angles, calc_distances,
                                          find_max_prob_triangle, vertex_angles)
 
@@ -60,10 +61,10 @@ def angle_table(noise, samples, latents) -> dict:
     out = {"most_probable_triangle": None, "histograms": None}
     try:
         hists = {k: angle_histogram(per_sample[k]) for k in ("latent", "image", "noise")}
-        (a, b, c), prob = find_max_prob_triangle(hists["latent"], hists["image"], hists["noise"])
-        out["most_probable_triangle"] = {"latent": a, "image": b, "noise": c, "probability": prob}
         out["histograms"] = {"bin_left_edges": ANGLE_BIN_EDGES[:-1].tolist(),
                              **{k: hists[k].tolist() for k in VERTICES}}
+        (a, b, c), prob = find_max_prob_triangle(hists["latent"], hists["image"], hists["noise"])
+        out["most_probable_triangle"] = {"latent": a, "image": b, "noise": c, "probability": prob}
     except ValueError as e:
         out["most_probable_triangle_error"] = str(e)
     out["mean_sample_angle"] = {k: float(np.nanmean(per_sample[k])) for k in VERTICES}

@@ -259,7 +259,7 @@ def test_impossible_runs_are_refused_before_writing(ckpt, ref, tmp_path):
     for extra, msg in [(["--swap-from", ref, "--swap-type", "xt", "--swap-before", str(T)], "swap_before"),
                        (["--forward-before", str(T + 1)], "forward-before"),
                        (["--labels", labels], "not class-conditional"),
-                       (["--guidance", "3"], "class-conditional")]:
+                       (["--guidance", "3"], "conditional model")]:
         with pytest.raises(SystemExit, match=msg):
             sample_invert.main(["--ckpt", ckpt, "--steps", str(T), *extra, "--out", out])
     assert not os.path.exists(out)

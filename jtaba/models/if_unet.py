@@ -173,14 +173,16 @@ class Config:
             raise ValueError("if_unet: encoder_hid_dim_type is set but encoder_hid_dim is not")
         mid_only = cfg.get("mid_block_only_cross_attention")
         block_out = tuple(int(c) for c in cfg.get("block_out_channels", (320, 640, 1280, 1280)))
-        heads = cfg.get("attention_head_dim", 8)
-        heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * n
-        head_dims = tuple(int(c if h is None else h) for h, c in zip(heads, block_out))  # None = one head
+        head_dims = cfg.get("attention_head_dim", 8)
+        head_dims = tuple(head_dims) if isinstance(head_dims, (list, tuple)) else (head_dims,) * n
+        if None in head_dims:
+            raise ValueError("if_unet: attention_head_dim None (one head per block) is not supported")
         return cls(
             in_channels=int(cfg.get("in_channels", 4)), out_channels=int(cfg.get("out_channels", 4)),
             block_out_channels=block_out, down_block_types=down, up_block_types=tuple(cfg.get("up_block_types", ())),
             mid_block_type=cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn"),
-            layers_per_block=per_block("layers_per_block", 2), attention_head_dim=head_dims,
+            layers_per_block=per_block("layers_per_block", 2),
+            attention_head_dim=tuple(int(h) for h in head_dims),
             cross_attention_dim=int(cross_dim), encoder_hid_dim=None if hid_dim is None else int(hid_dim),
             addition_embed_type=cfg.get("addition_embed_type"),
             addition_embed_type_num_heads=int(cfg.get("addition_embed_type_num_heads", 64)),
