@@ -113,7 +113,6 @@ def test_t5_encoder_tiny(tmp_path):
     the float16 load falls back to the float32 files): tokens padded to 77 with </s> and the attention mask, as
     IFPipeline.encode_prompt; compared with the model run on hand-written ids."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("sentencepiece")
     words = "a cat dog house hobbit standing next to its".split()
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [("\u2581" + w, -3.0) for w in words]
     transformers.T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(tmp_path / "tokenizer")

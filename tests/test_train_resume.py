@@ -72,11 +72,12 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     _assert_trees_equal(load_params(model_dir), jax.device_get(b.ema_params))
 
 
-def _one_step(cfg):
-    """One update from the initial state on a fixed batch, through the (cached) jitted step on all devices."""
+def _one_step(cfg, state=None):
+    """One update on a fixed batch through the (cached) jitted step on all devices, from ``state`` or the initial
+    state of ``cfg``."""
     mesh = data_mesh()
     x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
-    return make_train_step(cfg, mesh)(initial_state(cfg, mesh), x)
+    return make_train_step(cfg, mesh)(initial_state(cfg, mesh) if state is None else state, x)
 
 
 def _adam_mu(state):
@@ -85,7 +86,8 @@ def _adam_mu(state):
 
 @pytest.mark.slow
 def test_bf16_compute_keeps_fp32_master_weights():
-    (s32, t32), (s16, t16) = _one_step(TINY), _one_step(TINY.replace(compute_dtype="bfloat16"))
+    bf16 = TINY.replace(compute_dtype="bfloat16")  # the same params: start both from TINY's (the step donates it)
+    (s32, t32), (s16, t16) = _one_step(TINY), _one_step(bf16, initial_state(TINY, data_mesh()))
     floats = [p for p in jax.tree.leaves((s16.params, s16.ema_params, s16.opt_state)) if p.dtype != jnp.int32]
     assert floats and all(p.dtype == jnp.float32 for p in floats)
     g32, g16 = _adam_mu(s32), _adam_mu(s16)
@@ -98,23 +100,26 @@ import sys, jax, numpy as np
 jax.config.update("jax_num_cpu_devices", 2)
 sys.path.insert(0, {root!r})
 from tests.test_train_resume import TINY
-from jtaba.sharding import data_mesh
-from jtaba.train.loop import initial_state
+from jtaba.sharding import data_mesh, replicate
+from jtaba.train.loop import abstract_state
 from jtaba.train.step import make_train_step
 mesh = data_mesh()
 assert mesh.size == 2
+init = np.load({init!r})
+state = jax.tree.unflatten(jax.tree.structure(abstract_state(TINY, mesh)), [init[k] for k in sorted(init, key=int)])
 x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
-state, terms = make_train_step(TINY, mesh)(initial_state(TINY, mesh), x)
+state, terms = make_train_step(TINY, mesh)(replicate(state, mesh), x)
 np.savez({out!r}, loss=terms["loss"], kernel=state.params["out_2"]["kernel"])
 """
 
 
 @pytest.mark.slow
 def test_data_parallel_step_matches_single_device(tmp_path):
-    out = str(tmp_path / "two.npz")
+    init, out = str(tmp_path / "init.npz"), str(tmp_path / "two.npz")
+    np.savez(init, **{str(i): np.asarray(a) for i, a in enumerate(jax.tree.leaves(initial_state(TINY, data_mesh())))})
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", _TWO_DEVICES.format(root=root, out=out)], check=True, timeout=300,
-                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    subprocess.run([sys.executable, "-c", _TWO_DEVICES.format(root=root, init=init, out=out)], check=True,
+                   timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     two = np.load(out)
     state, terms = _one_step(TINY)
     np.testing.assert_allclose(two["loss"], terms["loss"], rtol=1e-5)
