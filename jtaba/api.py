@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtaba import engine
+from jtaba.noise import normal_per_index
 from jtaba.model import Model
 
 
@@ -101,7 +102,8 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
     the source index, last step to ᾱ = 0; diffusers: network at the target label).
 
     ``forward_before=K`` replaces the first K steps with closed-form forward diffusion q(x_t | x_0) using
-    ``forward_noise`` (like x) or noise drawn from ``forward_key`` per sample position; ``forward_level`` "exact"
+    ``forward_noise`` (like x) or noise drawn from ``forward_key`` per sample position (``jtaba.noise``, so a row's
+    noise does not depend on the batch); ``forward_level`` "exact"
     (the level K inversion steps reach) or "upstream" (taba's diffusers-path level, one step further; same as exact
     for ADM). ``swap`` replaces the first K steps' ε or x_t with ground truth (see ``Swap``)."""
     _check(model, "x", x)
@@ -115,7 +117,7 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
         if (forward_noise is None) == (forward_key is None):
             raise ValueError("forward_before > 0 needs exactly one of forward_noise or forward_key")
         if forward_noise is None:
-            forward_noise = jax.random.normal(forward_key, x.shape, jnp.float32)
+            forward_noise = normal_per_index(forward_key, jnp.arange(B), tuple(x.shape[1:]))
         _check(model, "forward_noise", forward_noise, B)
         forward_noise = _nhwc(forward_noise)
     cond, null, guided = _cond(model, cond, B, guidance)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -38,13 +39,33 @@ def read_config(directory: str) -> dict:
         return json.load(f)
 
 
-def load_params(directory: str, target: Any = None) -> Any:
-    """Restore the params tree. ``target``: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with ``sharding``)
-    giving shapes, dtypes and placement; ``None`` restores as saved onto the default device."""
+def saved_shapes(directory: str) -> Any:
+    """The saved params tree as ``jax.ShapeDtypeStruct`` leaves (no data read)."""
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(directory), PARAMS_NAME))
+    tree = meta.item_metadata
+    tree = getattr(tree, "tree", tree)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
+def load_params(directory: str, target: Any = None, dtype: Any = None,
+                sharding: Callable[[Any], Any] | None = None) -> Any:
+    """Restore the params tree.
+
+    ``target``: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with ``sharding``) giving shapes, dtypes and
+    placement; otherwise the saved shapes are used, floating leaves cast to ``dtype`` (e.g. float32 params from a
+    float16 checkpoint) and placed by ``sharding(abstract_tree) -> tree of Sharding`` when given (e.g. a model's
+    ``param_shardings`` over a mesh, so a model larger than one device's memory is restored sharded)."""
     path = os.path.join(os.path.abspath(directory), PARAMS_NAME)
     ckptr = ocp.StandardCheckpointer()
     if target is None:
-        return ckptr.restore(path)
+        target = saved_shapes(directory)
+        if dtype is not None:
+            target = jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype),
+                target)
+        if sharding is not None:
+            target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  target, sharding(target))
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
     return ckptr.restore(path, abstract)

@@ -80,16 +80,25 @@ def build(family: str, model_config: dict, dtype=jnp.float32):
     return config, mod.Network(config=config, dtype=dtype)
 
 
-def load(directory: str, dtype: str = "float32") -> Model:
+def load(directory: str, dtype: str = "float32", mesh: Optional[jax.sharding.Mesh] = None) -> Model:
     """Load a jtaba checkpoint written by a converter or the trainer. ``dtype``: compute dtype "float32" or
-    "bfloat16" (params stay float32)."""
+    "bfloat16"; params are always restored as float32 (checkpoints may store float16, e.g. IF). ``mesh``: restore
+    the params sharded by the family's ``param_shardings(shapes, mesh)`` rule when it has one (models larger than
+    one accelerator), else replicated over the mesh."""
+    directory = os.path.expanduser(directory)
     cfg = checkpoint.read_config(directory)
     compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     config, network = build(cfg["family"], cfg["model"], compute)
-    params = checkpoint.load_params(directory)
+    sharding = None
+    if mesh is not None:
+        rule = getattr(family_module(cfg["family"]), "param_shardings", None)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        sharding = (lambda shapes: rule(shapes, mesh, mesh.axis_names[-1])) if rule else (lambda shapes: jax.tree.map(
+            lambda _: replicated, shapes))
+    params = checkpoint.load_params(directory, dtype=jnp.float32, sharding=sharding)
     decoder = None
     if os.path.isdir(os.path.join(directory, DECODER_DIR)):
-        decoder = load(os.path.join(directory, DECODER_DIR), dtype)
+        decoder = load(os.path.join(directory, DECODER_DIR), dtype, mesh)
     null_path = os.path.join(directory, NULL_PROMPT_FILE)
     diffusion = DiffusionConfig.from_dict(cfg["diffusion"]) if cfg.get("diffusion") else None
     return Model(cfg["family"], config, network, params, diffusion, decoder, cfg.get("extras", {}),
