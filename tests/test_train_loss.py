@@ -122,3 +122,18 @@ def test_training_loss_draws_uniform_t_and_labels():
     np.testing.assert_allclose(terms["mse"], np.mean(mse), rtol=1e-5)
     big = np.asarray(dl.sample_timesteps(jax.random.PRNGKey(0), 20000, 10))
     assert big.min() == 0 and big.max() == 9 and abs(np.bincount(big).std() / 2000) < 0.05
+
+
+def test_fixed_variance_output_gives_plain_mse():
+    s = dl.make_schedule(adm_betas("linear", 1000))
+    x0, _, _, _ = _case(4)
+    rng = jax.random.PRNGKey(5)
+    loss, terms = dl.training_loss(lambda xt, labels: xt, s, jnp.float32(x0), rng, rescale_timesteps=False,
+                                   rescale_learned_sigmas=False)
+    t_rng, n_rng = jax.random.split(rng)
+    t = np.asarray(dl.sample_timesteps(t_rng, 6, 1000))
+    noise = np.asarray(jax.random.normal(n_rng, x0.shape), np.float64)
+    ac = np.cumprod(1 - adm_betas("linear", 1000))[t][:, None, None, None]
+    xt = np.sqrt(ac) * x0 + np.sqrt(1 - ac) * noise
+    np.testing.assert_allclose(loss, np.mean((noise - xt) ** 2), rtol=1e-5)
+    assert float(terms["vb"]) == 0.0

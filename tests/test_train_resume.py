@@ -1,7 +1,8 @@
-"""Training at tiny scale: a run crashed at step 3, stopped at 3 and resumed ends bit-identical to an uninterrupted
-run; export of the EMA weights; bf16 compute; the data-parallel step on 2 devices matches 1 device."""
+"""Training at tiny scale: a run crashed at step 3, then stopped by SIGTERM at step 3, then resumed ends
+bit-identical to an uninterrupted run; EMA export; bf16 compute; the 2-device data-parallel step matches 1 device."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 
 from jtaba.checkpoint import load_params, read_config
-from jtaba.train.export import export_ema
 from jtaba.sharding import data_mesh
+from jtaba.train.export import export_ema
 from jtaba.train.loop import initial_state, train
 from jtaba.train.presets import PRESETS
 from jtaba.train.run_checkpoints import RunCheckpoints
@@ -48,7 +49,8 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     with pytest.raises(Crash):
         train(TINY, run_b, on_step=crash_at_3, progress=False)
     assert RunCheckpoints(run_b).all_steps() == [0, 2]
-    train(TINY, run_b, stop_at=3, progress=False)  # graceful stop (as on SIGTERM): checkpoint at 3
+    sigterm_at_3 = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None
+    train(TINY, run_b, on_step=sigterm_at_3, progress=False)  # preemption notice: stops with a checkpoint at 3
     assert RunCheckpoints(run_b).all_steps() == [0, 2, 3]
     b = train(TINY, run_b, progress=False)
 

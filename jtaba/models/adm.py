@@ -17,7 +17,6 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jtaba.models.diffusers_blocks import timestep_embedding
 

@@ -21,8 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train a guided-diffusion (ADM) model from scratch with the hybrid loss (eps MSE + VB for the "
                     "learned variance). Running the same command again resumes from the newest checkpoint in --out; "
                     "SIGTERM / Ctrl-C stop after the current step with a checkpoint. Export the EMA weights as a "
-                    "jtaba model with `python -m jtaba.train.export --run=DIR --out=MODEL_DIR`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "jtaba model with `python -m jtaba.train.export --run=DIR --out=MODEL_DIR`. Unset options take the "
+                    "preset's value.")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS),
                    help="configuration to start from: cifar10_adm32 / imagenet64_adm64 = the paper's App. G runs "
                         "(ADM-32 / ADM-64, batch 128); builtin = the small 16x16 default model on procedural images")
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--flag num_channels=64 (repeatable; VALUE parsed as JSON, else a string)")
     p.add_argument("--cpu_devices", type=int, default=os.cpu_count(),
                    help="on CPU, split the host into this many XLA devices for data parallelism "
-                        "(one XLA CPU device keeps only about one core busy)")
+                        "(one XLA CPU device keeps only about one core busy; default: the core count, %(default)s)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

@@ -150,15 +150,20 @@ def hybrid_loss_terms(s: Schedule, model_out, x0, xt, t, noise, rescale_learned_
 
 def training_loss(net_fn: Callable, s: Schedule, x0, rng, *, rescale_timesteps: bool,
                   rescale_learned_sigmas: bool):
-    """Mean hybrid loss over the batch and the batch means of its terms.
+    """Mean loss over the batch and the batch means of its terms {"mse", "vb", "loss"}.
 
-    ``net_fn(x_t, labels) -> (B,H,W,2C)`` float32; x0 (B,H,W,C) in [-1, 1]; rng draws t (uniform) and the noise.
+    ``net_fn(x_t, labels)`` -> (B,H,W,2C) (learned sigma: hybrid loss) or (B,H,W,C) (fixed variance: the loss is
+    the eps MSE alone, vb = 0); x0 (B,H,W,C) in [-1, 1]; rng draws t (uniform) and the noise.
     """
     t_rng, n_rng = jax.random.split(rng)
     t = sample_timesteps(t_rng, x0.shape[0], s.num_timesteps)
     noise = jax.random.normal(n_rng, x0.shape, jnp.float32)
     xt = q_sample(s, x0, t, noise)
     out = net_fn(xt, timestep_labels(t, s.num_timesteps, rescale_timesteps)).astype(jnp.float32)
-    terms = hybrid_loss_terms(s, out, x0, xt, t, noise, rescale_learned_sigmas)
+    if out.shape[-1] == 2 * x0.shape[-1]:
+        terms = hybrid_loss_terms(s, out, x0, xt, t, noise, rescale_learned_sigmas)
+    else:
+        mse = _mean_flat((noise - out) ** 2)
+        terms = {"mse": mse, "vb": jnp.zeros_like(mse), "loss": mse}
     terms = {k: jnp.mean(v) for k, v in terms.items()}
     return terms["loss"], terms

@@ -54,8 +54,7 @@ def _stop_signals():
 
 @functools.lru_cache(maxsize=8)
 def _jitted_init(cfg: TrainConfig, mesh):
-    init = functools.partial(init_state, network_for(cfg), int(cfg.flags_dict["image_size"]), 3, cfg.seed,
-                             make_optimizer(cfg.lr, cfg.weight_decay))
+    init = functools.partial(init_state, network_for(cfg), cfg.seed, make_optimizer(cfg.lr, cfg.weight_decay))
     return jax.jit(init, out_shardings=replicated(mesh))
 
 
@@ -71,9 +70,9 @@ def abstract_state(cfg: TrainConfig, mesh) -> TrainState:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
 
-def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_at: int | None = None,
+def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None,
           on_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainState:
-    """Train until ``cfg.steps`` (or ``stop_at``) updates, resuming from ``out_dir``; returns the final state.
+    """Train until ``cfg.steps`` updates (or a stop signal), resuming from ``out_dir``; returns the final state.
 
     ``on_step(step)`` is called after every update (before any checkpoint of that step).
     """
@@ -88,11 +87,11 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_a
         state, data_state = initial_state(cfg, mesh), None
     else:
         state, data_state = ckpts.restore(latest, abstract_state(cfg, mesh))
-    size = int(cfg.flags_dict["image_size"])
+    size = network_for(cfg).config.image_size
     data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
     train_step = make_train_step(cfg, mesh)
     batched = batch_sharding(mesh)
-    step, end = int(state.step), min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
+    step = int(state.step)
     if step == 0 and should_save(0):
         ckpts.save(state, data.state())
 
@@ -101,14 +100,14 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_a
     log_path = os.path.join(out_dir, LOG_NAME)
     with _stop_signals() as signals, tqdm(total=cfg.steps, initial=step, disable=not progress,
                                           desc=cfg.name, dynamic_ncols=True) as bar:
-        while step < end:
+        while step < cfg.steps:
             batch = jax.device_put(next(data), batched)
             state, terms = train_step(state, batch)
             step += 1
             pending.append(terms)
             if on_step is not None:
                 on_step(step)
-            stop = signals["stop"] or step == end
+            stop = signals["stop"] or step == cfg.steps
             if should_save(step) or stop:
                 ckpts.save(state, data.state())
             if step % cfg.log_every == 0 or stop:
@@ -119,7 +118,7 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None, stop_a
                 bar.set_postfix(loss=f"{means['loss']:.4f}", mse=f"{means['mse']:.4f}", vb=f"{means['vb']:.4f}")
                 pending, t_log = [], time.time()
             bar.update(1)
-            if signals["stop"]:
+            if stop:  # the flag as read above: a signal arriving later stops after the next step
                 break
     ckpts.close()
     return state

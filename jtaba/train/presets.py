@@ -69,7 +69,7 @@ PRESETS = {
                                  steps=700_000, save="every:2500+paper_cifar10", log_every=1000),
     "imagenet64_adm64": TrainConfig("imagenet64_adm64", freeze_flags(ADM64_FLAGS), "imagenet64", batch_size=128,
                                     steps=1_500_000, save="every:2500+paper_imagenet64", log_every=1000),
-    "builtin": TrainConfig("builtin", freeze_flags(BUILTIN_FLAGS), "procedural", batch_size=64, steps=2500,
+    "builtin": TrainConfig("builtin", freeze_flags(BUILTIN_FLAGS), "procedural", batch_size=64, steps=6000,
                            lr=3e-4, ema_rate=0.999, save="every:250", keep=3, log_every=50),
 }
 

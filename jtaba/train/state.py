@@ -25,11 +25,12 @@ def make_optimizer(lr: float, weight_decay: float) -> optax.GradientTransformati
     return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
 
 
-def init_state(network: nn.Module, image_size: int, in_channels: int, seed: int,
-               optimizer: optax.GradientTransformation) -> TrainState:
-    """Fresh parameters from ``seed``; the EMA starts as a copy of them."""
+def init_state(network: nn.Module, seed: int, optimizer: optax.GradientTransformation) -> TrainState:
+    """Fresh parameters of ``network`` (its ``config`` gives image_size and in_channels) from ``seed``; the EMA
+    starts as a copy of them."""
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-    x = jnp.zeros((1, image_size, image_size, in_channels), jnp.float32)
+    c = network.config
+    x = jnp.zeros((1, c.image_size, c.image_size, c.in_channels), jnp.float32)
     params = network.init({"params": init_key}, x, jnp.zeros((1,), jnp.float32))["params"]
     return TrainState(params=params, ema_params=jax.tree.map(jnp.array, params), opt_state=optimizer.init(params),
                       step=jnp.zeros((), jnp.int32), rng=train_key)

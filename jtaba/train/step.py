@@ -34,7 +34,7 @@ def random_flip(rng: jax.Array, x: jax.Array) -> jax.Array:
 def loss_and_update(cfg: TrainConfig, state: TrainState, x0: jax.Array) -> tuple[TrainState, dict]:
     """One AdamW update + EMA on batch x0 (B,H,W,C) in [-1, 1]; returns the new state and mean loss terms."""
     network, optimizer = network_for(cfg), make_optimizer(cfg.lr, cfg.weight_decay)
-    flags = cfg.flags_dict
+    flags = {**adm.FLAG_DEFAULTS, **cfg.flags_dict}
     schedule = dl.schedule_for(DiffusionConfig.from_adm_flags(flags))
     flip_key, loss_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     if cfg.random_flip:
