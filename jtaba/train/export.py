@@ -43,9 +43,10 @@ def export_ema(run_dir: str, out_dir: str, step: int | None = None) -> int:
     return step
 
 
-def sample_grid(model_dir: str, path: str, *, rows: int = 8, steps: int = 100, seed: int = 0) -> np.ndarray:
+def sample_grid(model_dir: str, path: str, *, rows: int = 8, steps: int = 100, seed: int = 0,
+                scale: int = 1) -> np.ndarray:
     """DDIM (η = 0, ``steps`` steps) samples of the model from N(0, I) noise of ``seed``, saved as a rows x rows PNG
-    grid; returns the uint8 (rows·H, rows·W, 3) image."""
+    grid enlarged ``scale`` times (nearest neighbour); returns the uint8 (rows·H, rows·W, 3) grid."""
     import jtaba
     from PIL import Image
 
@@ -56,7 +57,7 @@ def sample_grid(model_dir: str, path: str, *, rows: int = 8, steps: int = 100, s
     img = np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     grid = img.reshape(rows, rows, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, rows * w, c)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid).save(path)
+    Image.fromarray(grid.repeat(scale, axis=0).repeat(scale, axis=1)).save(path)
     return grid
 
 
@@ -70,11 +71,13 @@ def main(argv=None) -> None:
     p.add_argument("--grid_rows", type=int, default=8, help="the grid is rows x rows samples")
     p.add_argument("--grid_steps", type=int, default=100, help="DDIM steps for the grid")
     p.add_argument("--grid_seed", type=int, default=0, help="seed of the grid's noise")
+    p.add_argument("--grid_scale", type=int, default=1, help="enlarge the grid image this many times")
     args = p.parse_args(argv)
     step = export_ema(args.run, args.out, args.step)
     print(f"exported EMA weights of step {step} to {os.path.abspath(args.out)}")
     if args.grid:
-        sample_grid(args.out, args.grid, rows=args.grid_rows, steps=args.grid_steps, seed=args.grid_seed)
+        sample_grid(args.out, args.grid, rows=args.grid_rows, steps=args.grid_steps, seed=args.grid_seed,
+                    scale=args.grid_scale)
         print(f"wrote {args.grid}")
 
 
