@@ -89,7 +89,7 @@ def _adam_mu(state):
 @pytest.mark.slow
 def test_bf16_compute_keeps_fp32_master_weights():
     bf16 = TINY.replace(compute_dtype="bfloat16")  # the same params: start both from TINY's (the step donates it)
-    (s32, t32), (s16, t16) = _one_step(TINY), _one_step(bf16, initial_state(TINY, data_mesh()))
+    (s32, _), (s16, _) = _one_step(TINY), _one_step(bf16, initial_state(TINY, data_mesh()))
     floats = [p for p in jax.tree.leaves((s16.params, s16.ema_params, s16.opt_state)) if p.dtype != jnp.int32]
     assert floats and all(p.dtype == jnp.float32 for p in floats)
     g32, g16 = _adam_mu(s32), _adam_mu(s16)
