@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from jtaba.models import adm
+
 # Fields that may differ between the run.json of a run and a resumed session (everything else must match).
 RESUMABLE_CHANGES = ("steps", "save", "keep", "log_every")
 
@@ -54,9 +56,8 @@ def freeze_flags(flags: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 # reference §1.1 / §3.12: ADM-32 and ADM-64 as trained in the paper's App. G runs.
-ADM32_FLAGS = dict(image_size=32, num_channels=128, num_res_blocks=3, learn_sigma=True, dropout=0.3,
-                   diffusion_steps=4000, noise_schedule="cosine", rescale_learned_sigmas=True, rescale_timesteps=True)
-ADM64_FLAGS = dict(ADM32_FLAGS, image_size=64, dropout=0.0)
+ADM32_FLAGS = dict(adm.PRESETS["adm32"], dropout=0.3)  # the released ADM-32 architecture, trained with dropout
+ADM64_FLAGS = dict(adm.PRESETS["adm64"])
 
 # The built-in default model (jtaba/assets/default): ADM-32's diffusion (learned sigma, cosine 4000, rescaled
 # timesteps) on a small 16x16 U-Net, 1.75M params, trained on the procedural dataset: about 0.43 s/step at batch 64
