@@ -6,15 +6,14 @@ the partitioning, and ADM's ε re-derivation divides by small coefficients), so 
 process layouts are compared at ATOL; per-index noise is compared bitwise, and a resumed run byte for byte."""
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests import processes
+from tests.processes import finish, free_port
 
 import jtaba
 from experiments import sample_invert
@@ -27,7 +26,6 @@ from jtaba.model import replicate
 from jtaba.schedules import adm_spaced
 from jtaba.models.adm import Config, Network
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, T, SHAPE = 5, 3, (3, 8, 8)
 ATOL = 2e-4  # measured: <= 5e-5 between layouts (all_t_pred_xstart_samples2, after 9 network calls)
 RUN = ["--n", str(N), "--steps", str(T), "--batch", "2", "--record"]
@@ -145,32 +143,8 @@ def test_killed_run_resumes_to_identical_files(ckpt, ref, tmp_path, monkeypatch)
         sample_invert.main(["--ckpt", ckpt, *RUN, "--seed", "1", "--out", out])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def spawn(args, devices):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "experiments.sample_invert", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(procs, timeout=180):
-    """Wait for every process; the first failure (or the timeout) stops them all."""
-    deadline = time.time() + timeout
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
-        if any(p.poll() not in (None, 0) for p in procs):
-            break
-        time.sleep(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    logs = [p.communicate()[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    return processes.spawn(["-m", "experiments.sample_invert", *args], devices)
 
 
 @pytest.mark.slow

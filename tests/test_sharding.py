@@ -3,19 +3,18 @@ localhost through jax.distributed (gloo collectives) against one device in this 
 and per-index noise. The workers run this file as a script (``python tests/test_sharding.py OUT N BATCH [COORD
 NPROC PID]``). tests/test_sample_invert.py runs the real pipeline on 8 devices and on 2 processes."""
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import processes
+from tests.processes import finish, free_port
+
 from jtaba import noise, sharding
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (3, 8, 8)
 
 
@@ -62,32 +61,8 @@ def worker(out, n, batch, coordinator=None, nproc=None, pid=None):
         np.savez(out, x=x, traj=traj, z=z, devices=len(jax.devices()), processes=jax.process_count())
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def spawn(args, devices):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(procs, timeout=120):
-    """Wait for every worker; the first failure (or the timeout) stops them all."""
-    deadline = time.time() + timeout
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
-        if any(p.poll() not in (None, 0) for p in procs):
-            break
-        time.sleep(0.1)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    logs = [p.communicate()[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    return processes.spawn([os.path.abspath(__file__), *args], devices)
 
 
 @pytest.fixture(scope="module")
