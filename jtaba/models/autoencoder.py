@@ -29,6 +29,21 @@ def check_block_types(down_block_types: Sequence[str], up_block_types: Sequence[
                          f"expected {n} DownEncoderBlock2D and {n} UpDecoderBlock2D (one per block_out_channels)")
 
 
+def encoder_decoder_fields(cfg: dict, latent_channels: int) -> dict:
+    """The Encoder/Decoder fields shared by ``AutoencoderKL`` and ``VQModel`` configs, from a diffusers
+    config.json (missing keys take the diffusers defaults; the block types are checked)."""
+    chans = tuple(int(c) for c in cfg.get("block_out_channels", (64,)))
+    check_block_types(cfg.get("down_block_types", ("DownEncoderBlock2D",)),
+                      cfg.get("up_block_types", ("UpDecoderBlock2D",)), len(chans))
+    size = cfg.get("sample_size", 32)
+    return dict(in_channels=int(cfg.get("in_channels", 3)), out_channels=int(cfg.get("out_channels", 3)),
+                block_out_channels=chans, layers_per_block=int(cfg.get("layers_per_block", 1)),
+                act_fn=cfg.get("act_fn", "silu"), latent_channels=int(cfg.get("latent_channels", latent_channels)),
+                norm_num_groups=int(cfg.get("norm_num_groups", 32)),
+                sample_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+                mid_block_add_attention=bool(cfg.get("mid_block_add_attention", True)))
+
+
 class UpDecoderBlock2D(nn.Module):
     """``resnets_i`` (i < num_layers, temb None) then, if ``add_upsample``, ``upsamplers_0`` (nearest x2 + conv)."""
     out_channels: int

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtaba.models.autoencoder import Decoder, Encoder, check_block_types
+from jtaba.models.autoencoder import Decoder, Encoder, encoder_decoder_fields
 from jtaba.models.diffusers_blocks import conv
 
 
@@ -44,21 +44,12 @@ class Config:
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "Config":
         """From an ``AutoencoderKL`` config.json (missing keys take the diffusers defaults)."""
-        chans = tuple(int(c) for c in cfg.get("block_out_channels", (64,)))
-        check_block_types(cfg.get("down_block_types", ("DownEncoderBlock2D",)),
-                          cfg.get("up_block_types", ("UpDecoderBlock2D",)), len(chans))
         if cfg.get("shift_factor") is not None or cfg.get("latents_mean") is not None:
             raise ValueError("AutoencoderKL with shift_factor / latents_mean (SD3, Flux) is not supported")
-        size = cfg.get("sample_size", 32)
-        return cls(in_channels=int(cfg.get("in_channels", 3)), out_channels=int(cfg.get("out_channels", 3)),
-                   block_out_channels=chans, layers_per_block=int(cfg.get("layers_per_block", 1)),
-                   act_fn=cfg.get("act_fn", "silu"), latent_channels=int(cfg.get("latent_channels", 4)),
-                   norm_num_groups=int(cfg.get("norm_num_groups", 32)),
-                   sample_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+        return cls(**encoder_decoder_fields(cfg, latent_channels=4),
                    scaling_factor=float(cfg.get("scaling_factor", 0.18215)),
                    use_quant_conv=bool(cfg.get("use_quant_conv", True)),
-                   use_post_quant_conv=bool(cfg.get("use_post_quant_conv", True)),
-                   mid_block_add_attention=bool(cfg.get("mid_block_add_attention", True)))
+                   use_post_quant_conv=bool(cfg.get("use_post_quant_conv", True)))
 
 
 class Network(nn.Module):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtaba.models.autoencoder import Decoder, Encoder, check_block_types
+from jtaba.models.autoencoder import Decoder, Encoder, encoder_decoder_fields
 from jtaba.models.diffusers_blocks import conv
 
 
@@ -45,21 +45,11 @@ class Config:
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "Config":
         """From a ``VQModel`` config.json (missing keys take the diffusers defaults)."""
-        chans = tuple(int(c) for c in cfg.get("block_out_channels", (64,)))
-        check_block_types(cfg.get("down_block_types", ("DownEncoderBlock2D",)),
-                          cfg.get("up_block_types", ("UpDecoderBlock2D",)), len(chans))
         if cfg.get("norm_type", "group") != "group" or cfg.get("lookup_from_codebook", False):
             raise ValueError("VQModel with norm_type 'spatial' or lookup_from_codebook (MoVQ) is not supported")
-        latent = int(cfg.get("latent_channels", 3))
-        size = cfg.get("sample_size", 32)
-        return cls(in_channels=int(cfg.get("in_channels", 3)), out_channels=int(cfg.get("out_channels", 3)),
-                   block_out_channels=chans, layers_per_block=int(cfg.get("layers_per_block", 1)),
-                   act_fn=cfg.get("act_fn", "silu"), latent_channels=latent,
-                   norm_num_groups=int(cfg.get("norm_num_groups", 32)),
-                   sample_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-                   num_vq_embeddings=int(cfg.get("num_vq_embeddings", 256)),
-                   vq_embed_dim=int(cfg.get("vq_embed_dim") or latent),
-                   mid_block_add_attention=bool(cfg.get("mid_block_add_attention", True)))
+        fields = encoder_decoder_fields(cfg, latent_channels=3)
+        return cls(**fields, num_vq_embeddings=int(cfg.get("num_vq_embeddings", 256)),
+                   vq_embed_dim=int(cfg.get("vq_embed_dim") or fields["latent_channels"]))
 
 
 def quantize(h: jax.Array, codebook: jax.Array) -> jax.Array:
