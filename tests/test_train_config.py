@@ -6,7 +6,8 @@ import pytest
 
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import adm
-from jtaba.train.__main__ import config_from_args, parse_args
+from jtaba.train import export
+from jtaba.train.__main__ import build_parser, config_from_args, parse_args
 from jtaba.train.presets import PRESETS, TrainConfig
 from jtaba.train.save_schedule import parse_save_schedule
 from jtaba.train.state import ema_update, make_optimizer
@@ -54,6 +55,37 @@ def test_cli_overrides():
     assert (cfg.steps, cfg.batch_size, cfg.seed, cfg.compute_dtype, cfg.save) == (10, 8, 42, "bfloat16", "every:5")
     assert cfg.flags_dict["dropout"] == 0.1 and cfg.flags_dict["num_channels"] == 64
     assert cfg.flags_dict["noise_schedule"] == "cosine" and cfg.lr == 1e-4
+
+
+def test_cli_kebab_flags_and_deprecated_snake_case(capsys):
+    kebab = ["--preset=builtin", "--out=/tmp/x", "--weight-decay=0.01", "--log-every", "7", "--data-dir=/d",
+             "--no-flip", "--cpu-devices=3", "--no-progress"]
+    snake = ["--preset=builtin", "--out=/tmp/x", "--weight_decay=0.01", "--log_every", "7", "--data_dir=/d",
+             "--no_flip", "--cpu_devices=3", "--no_progress"]
+    new = parse_args(kebab)
+    assert capsys.readouterr().err == ""
+    old = parse_args(snake)
+    notes = capsys.readouterr().err.splitlines()
+    assert vars(old) == vars(new)
+    assert (new.weight_decay, new.log_every, new.data_dir, new.no_flip, new.cpu_devices, new.no_progress) == \
+        (0.01, 7, "/d", True, 3, True)
+    assert notes == [f"python -m jtaba.train: {s} is deprecated, use {s.replace('_', '-')}" for s in
+                     ("--weight_decay", "--log_every", "--data_dir", "--no_flip", "--cpu_devices", "--no_progress")]
+    cfg = config_from_args(old)
+    assert (cfg.weight_decay, cfg.log_every, cfg.random_flip) == (0.01, 7, False)
+    help_text = build_parser().format_help()
+    assert "--weight-decay" in help_text and "_decay" not in help_text  # the old spellings are hidden
+    for action in build_parser()._actions:  # every flag has a help text stating its default
+        assert action.help and ("default" in action.help or action.dest == "help"), action.dest
+
+    e_new = export.parse_args(["--run=r", "--out=o", "--grid-scale=4", "--grid-rows", "2", "--grid-steps=5",
+                               "--grid-seed=1"])
+    assert capsys.readouterr().err == ""
+    e_old = export.parse_args(["--run=r", "--out=o", "--grid_scale=4", "--grid_rows", "2", "--grid_steps=5",
+                               "--grid_seed=1"])
+    assert vars(e_old) == vars(e_new) and (e_new.grid_scale, e_new.grid_rows, e_new.grid_steps) == (4, 2, 5)
+    assert capsys.readouterr().err.splitlines()[0] == \
+        "python -m jtaba.train.export: --grid_scale is deprecated, use --grid-scale"
 
 
 def test_ema_flip_and_adamw():

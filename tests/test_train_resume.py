@@ -11,12 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jtaba
 from jtaba.checkpoint import load_params, read_config
+from jtaba.diffusion import DiffusionConfig
+from jtaba.models import adm
 from jtaba.sharding import data_mesh
-from jtaba.train.export import export_ema
+from jtaba.train.export import ema_model, export_ema, saved_steps
 from jtaba.train.loop import initial_state, train
 from jtaba.train.presets import PRESETS
-from jtaba.train.run_checkpoints import RunCheckpoints
+from jtaba.train.run_checkpoints import RunCheckpoints, write_run_config
 from jtaba.train.step import make_train_step
 
 TINY_FLAGS = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions="1",
@@ -72,6 +75,43 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     assert cfg["family"] == "adm" and cfg["diffusion"]["learned_sigma"] and cfg["model"]["out_channels"] == 6
     assert cfg["diffusion"]["num_train_timesteps"] == 100 and cfg["diffusion"]["rescale_timesteps"]
     _assert_trees_equal(load_params(model_dir), jax.device_get(b.ema_params))
+
+
+def test_ema_model_is_the_checkpoints_ema_tree(tmp_path):
+    """ema_model reads the EMA tree (not the params) of the chosen checkpoint into memory; export_ema writes it."""
+    run = str(tmp_path / "run")
+    write_run_config(run, TINY)
+    init = initial_state(TINY, data_mesh())
+    ckpts = RunCheckpoints(run)
+    emas = {}
+    for step in (0, 2):
+        emas[step] = jax.device_get(jax.tree.map(lambda p: p + step + 1, init.params))  # EMA != params
+        ckpts.save(init.replace(ema_params=emas[step], step=jnp.int32(step)), {"epoch": 0, "position": 4 * step})
+    ckpts.close()
+    assert saved_steps(run) == [0, 2]
+
+    model, step = ema_model(run)
+    assert step == 2 and isinstance(model, jtaba.Model)
+    _assert_trees_equal(model.params, emas[2])
+    _assert_trees_equal(ema_model(run, 0)[0].params, emas[0])
+    assert model.family == "adm" and model.config == adm.Config.from_flags(TINY_FLAGS)
+    assert model.diffusion == DiffusionConfig.from_adm_flags(TINY_FLAGS) and model.extras["step"] == 2
+    assert model.extras["train"] == TINY.to_dict()
+
+    out = str(tmp_path / "model")
+    assert export_ema(run, out) == 2
+    _assert_trees_equal(load_params(out), model.params)
+    loaded = jtaba.load(out)
+    assert (loaded.family, loaded.config, loaded.diffusion, loaded.extras) == \
+        (model.family, model.config, model.diffusion, model.extras)
+
+    missing = str(tmp_path / "not_a_run")
+    for fn in (saved_steps, ema_model):
+        with pytest.raises(ValueError, match="not a jtaba training run"):
+            fn(missing)
+    assert not os.path.exists(missing)
+    with pytest.raises(ValueError, match=r"no checkpoint 1 .*\[0, 2\]"):
+        ema_model(run, 1)
 
 
 def _one_step(cfg, state=None):

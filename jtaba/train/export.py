@@ -1,9 +1,11 @@
 """Export a training run's EMA weights as a jtaba model checkpoint, and draw a grid of its DDIM samples.
 
-    python -m jtaba.train.export --run=RUN_DIR --out=MODEL_DIR [--step N] [--grid samples.png]
+    python -m jtaba.train.export --run=RUN_DIR --out=MODEL_DIR [--step=N] [--grid=samples.png --grid-scale=4]
 
 The checkpoint has family "adm", ``model`` = ``adm.Config.from_flags(flags)``, ``diffusion`` =
 ``DiffusionConfig.from_adm_flags(flags)``; ``extras`` records the flags, the training config and the step.
+In memory, without writing anything: ``model, step = ema_model(RUN_DIR)``; ``saved_steps(RUN_DIR)`` lists the
+checkpoints.
 """
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ import numpy as np
 
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
+from jtaba.model import Model, build
 from jtaba.models import adm
 from jtaba.sharding import data_mesh
+from jtaba.train.__main__ import HelpFormatter, rename_deprecated_flags
 from jtaba.train.loop import abstract_state
-from jtaba.train.run_checkpoints import RunCheckpoints, read_run_config
+from jtaba.train.run_checkpoints import RunCheckpoints, require_run_config, saved_steps
+
+__all__ = ["ema_model", "export_ema", "model_config_dict", "sample_grid", "saved_steps"]
 
 
 def model_config_dict(flags: dict, extras: dict) -> dict:
@@ -26,20 +32,34 @@ def model_config_dict(flags: dict, extras: dict) -> dict:
             "diffusion": DiffusionConfig.from_adm_flags(flags).to_dict(), "extras": extras}
 
 
-def export_ema(run_dir: str, out_dir: str, step: int | None = None) -> int:
-    """Write the EMA params of checkpoint ``step`` (default: newest) of ``run_dir`` to ``out_dir``; returns the step."""
-    cfg = read_run_config(run_dir)
-    if cfg is None:
-        raise FileNotFoundError(f"{run_dir} is not a training run (no run.json)")
+def ema_model(run_dir: str, step: int | None = None) -> tuple[Model, int]:
+    """The EMA params of checkpoint ``step`` (default: the newest) of the training run ``run_dir`` as an in-memory
+    float32 ``jtaba.Model`` (what ``jtaba.load`` returns for ``export_ema``'s output), and the step. Only the EMA
+    params are read (not the params or optimizer state), onto one local device. ValueError when ``run_dir`` is not a
+    training run or has no checkpoint ``step``."""
+    cfg = require_run_config(run_dir)
     ckpts = RunCheckpoints(run_dir)
-    step = ckpts.latest_step() if step is None else step
-    if step is None or step not in ckpts.all_steps():
-        raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {run_dir} "
-                                f"(have {ckpts.all_steps()})")
-    state, _ = ckpts.restore(step, abstract_state(cfg, data_mesh()))
-    ckpts.close()
+    try:
+        steps = sorted(ckpts.all_steps())
+        if step is None and steps:
+            step = steps[-1]
+        if step not in steps:
+            raise ValueError(f"no checkpoint {'' if step is None else step} in {run_dir} (saved steps: {steps})")
+        step = int(step)
+        params = ckpts.restore_ema(step, abstract_state(cfg, data_mesh(jax.local_devices()[:1])))
+    finally:
+        ckpts.close()
     extras = {"flags": cfg.flags_dict, "train": cfg.to_dict(), "step": step, "weights": f"ema_{cfg.ema_rate}"}
-    save_checkpoint(out_dir, model_config_dict(cfg.flags_dict, extras), jax.device_get(state.ema_params))
+    d = model_config_dict(cfg.flags_dict, extras)
+    config, network = build(d["family"], d["model"])
+    return Model(d["family"], config, network, params, DiffusionConfig.from_dict(d["diffusion"]), extras=extras), step
+
+
+def export_ema(run_dir: str, out_dir: str, step: int | None = None) -> int:
+    """Write the EMA params of checkpoint ``step`` (default: newest) of ``run_dir`` to ``out_dir`` as a jtaba model
+    checkpoint (``jtaba.load(out_dir)`` gives ``ema_model(run_dir, step)``); returns the step."""
+    model, step = ema_model(run_dir, step)
+    save_checkpoint(out_dir, model_config_dict(model.extras["flags"], model.extras), jax.device_get(model.params))
     return step
 
 
@@ -61,18 +81,25 @@ def sample_grid(model_dir: str, path: str, *, rows: int = 8, steps: int = 100, s
     return grid
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jtaba.train.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="training run directory (python -m jtaba.train --out)")
-    p.add_argument("--out", required=True, help="model directory to write (config.json + params)")
+                                formatter_class=HelpFormatter)
+    p.add_argument("--run", required=True,
+                   help="training run directory (python -m jtaba.train --out) (required, no default)")
+    p.add_argument("--out", required=True,
+                   help="model directory to write: config.json + params (required, no default)")
     p.add_argument("--step", type=int, help="checkpoint step to export (default: the newest)")
-    p.add_argument("--grid", help="also save a PNG grid of DDIM samples of the exported model here")
-    p.add_argument("--grid_rows", type=int, default=8, help="the grid is rows x rows samples")
-    p.add_argument("--grid_steps", type=int, default=100, help="DDIM steps for the grid")
-    p.add_argument("--grid_seed", type=int, default=0, help="seed of the grid's noise")
-    p.add_argument("--grid_scale", type=int, default=1, help="enlarge the grid image this many times")
-    args = p.parse_args(argv)
+    p.add_argument("--grid", help="also save a PNG grid of DDIM samples of the exported model at this path "
+                                  "(default: no grid)")
+    p.add_argument("--grid-rows", type=int, default=8, help="the grid is rows x rows samples")
+    p.add_argument("--grid-steps", type=int, default=100, help="DDIM steps for the grid")
+    p.add_argument("--grid-seed", type=int, default=0, help="seed of the grid's noise")
+    p.add_argument("--grid-scale", type=int, default=1, help="enlarge the grid image this many times")
+    return p.parse_args(rename_deprecated_flags(p, argv))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     step = export_ema(args.run, args.out, args.step)
     print(f"exported EMA weights of step {step} to {os.path.abspath(args.out)}")
     if args.grid:

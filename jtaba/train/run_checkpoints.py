@@ -26,6 +26,25 @@ def read_run_config(directory: str) -> TrainConfig | None:
         return TrainConfig.from_dict(json.load(f))
 
 
+def require_run_config(directory: str) -> TrainConfig:
+    """The run's TrainConfig; ValueError when ``directory`` is not a training run (no ``run.json``)."""
+    cfg = read_run_config(directory)
+    if cfg is None:
+        raise ValueError(f"{directory} is not a jtaba training run (no {RUN_CONFIG}; see python -m jtaba.train)")
+    return cfg
+
+
+def saved_steps(directory: str) -> list[int]:
+    """Steps with a complete checkpoint in the training run ``directory``, ascending (no array is read);
+    ValueError when it is not a training run."""
+    require_run_config(directory)
+    ckpts = RunCheckpoints(directory)
+    try:
+        return sorted(ckpts.all_steps())
+    finally:
+        ckpts.close()
+
+
 def write_run_config(directory: str, cfg: TrainConfig) -> None:
     """Record ``cfg``; a resumed run must agree with the recorded one except for ``RESUMABLE_CHANGES``."""
     os.makedirs(directory, exist_ok=True)
@@ -72,6 +91,21 @@ class RunCheckpoints:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                   data=ocp.args.JsonRestore()))
         return out["state"], out["data"]
+
+    def restore_ema(self, step: int, like: TrainState) -> dict:
+        """Only the EMA params of checkpoint ``step`` (``like`` as in ``restore``; only its ``ema_params`` are
+        used): the optimizer state and params are not read."""
+        abstract = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like.ema_params)
+        item = {"ema_params": abstract}
+        restore_args = jax.tree.map(
+            lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), item)
+        try:
+            args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        except TypeError:  # an orbax without partial restore: read the whole state
+            return self.restore(step, like)[0].ema_params
+        return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["ema_params"]
 
     def close(self) -> None:
         self.manager.close()
