@@ -11,8 +11,9 @@ fixed noise set (sample i's noise depends only on (--seed, i); seed 420 as upstr
 Each gives one table row per checkpoint: the angles at the image / noise / latent vertices (``calc_angles``: acos of
 the mean cosine), the L2 distances (``calc_distances``; G.2 adds the sample / reconstruction MSE), the mean absolute
 noise-latent error, and the L2 nearest-assignment accuracies both ways (reference §3.11) between noise and samples
-and between latents and samples. Sampling and inversion go through ``experiments.sample_invert`` (batched, sharded
-over the devices, resumable), whose standard files land in --out/g2/<step>/ and --out/g1/<step>/.
+and between latents and samples. The EMA parameters go to ``jtaba.runs`` in memory (batched, sharded over the
+devices, resumable, reused when a finished run has the same model and settings); the run files land in
+<runs-dir>/<training run>/step<step>/sample_invert/.
 
 Written into --out: training_dynamics.json (settings and all rows), training_dynamics_g2.csv,
 training_dynamics_g1.csv, g2.png (assignment accuracy, angles, distances vs step) and g1.png (angle at the noise
@@ -22,27 +23,22 @@ an interrupted checkpoint continues its sampling where it stopped. Several invoc
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import sys
 
-import numpy as np
-
-from experiments.triangles import write_csv, write_json
+from jtaba import cli, io, plotting
+from jtaba.precision import PRECISIONS
 
 PARTS = ("g2", "g1")
 ROWS_DIR = "rows"
-MODELS_DIR = "models"
 SETTINGS = "settings.json"
 ANGLE_KEYS = {"angle_image": "mean_cossim_img", "angle_noise": "mean_cossim_noise",
               "angle_latent": "mean_cossim_latent"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.training_dynamics", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = cli.parser("python -m experiments.training_dynamics", __doc__)
     p.add_argument("--run", required=True, metavar="DIR",
                    help="training run directory of `python -m jtaba.train` (run.json and one checkpoint per saved "
                         "step); the EMA parameters of each checkpoint are analysed")
@@ -66,26 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated parts to compute: g2 (sample + invert with each checkpoint, Fig. 15) and "
                         "g1 (invert the final model's samples with each checkpoint, Fig. 14; also computes the "
                         "final checkpoint's g2 row, whose samples it inverts)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="network compute dtype (params stay float32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32: true fp32 (matmul precision highest); tf32: fast fp32 on GPUs; bfloat16: network "
+                        "compute in bfloat16")
+    p.add_argument("--runs-dir", default="runs",
+                   help="where the sample / invert runs are stored (<runs-dir>/<training run>/step<step>/...) and "
+                        "looked up for reuse")
     p.add_argument("--discard-runs", action="store_true",
-                   help="delete each checkpoint's sample / latent files once its rows are written (the final "
-                        "model's G.2 files are kept: G.1 needs its samples)")
+                   help="delete each checkpoint's run files once its rows are written (the final model's G.2 run "
+                        "is kept: G.1 needs its samples)")
     return p
 
 
 # ---- the training run ----------------------------------------------------------------------------------------
 def saved_steps(run_dir: str) -> list[int]:
-    """Steps with a complete checkpoint in a jtaba training run directory, ascending."""
-    from jtaba.train.run_checkpoints import RunCheckpoints, read_run_config
+    """Steps with a complete checkpoint in a jtaba training run folder, ascending."""
+    from jtaba.train.export import saved_steps as steps
 
-    if read_run_config(run_dir) is None:
-        raise SystemExit(f"--run={run_dir}: not a jtaba training run (no run.json; see python -m jtaba.train)")
-    ckpts = RunCheckpoints(run_dir)
-    try:
-        return sorted(ckpts.all_steps())
-    finally:
-        ckpts.close()
+    return steps(run_dir)
 
 
 # ---- statistics ----------------------------------------------------------------------------------------------
@@ -106,22 +100,16 @@ def checkpoint_stats(noise, samples, latents, samples2=None) -> dict:
     return row
 
 
-def _load(run_dir: str, name: str) -> np.ndarray:
-    return np.load(os.path.join(run_dir, name + ".npy"), mmap_mode="r")
-
-
 # ---- the experiment ------------------------------------------------------------------------------------------
 class Experiment:
-    """Output directory layout and the per-checkpoint work (see the module docstring)."""
+    """Output folder layout and the per-checkpoint work (see the module docstring)."""
 
-    def __init__(self, args: argparse.Namespace, out: str, final: int):
+    def __init__(self, args, out: str, final: int):
         self.args, self.out, self.final = args, out, final
+        self.name = os.path.basename(os.path.normpath(args.run))
 
     def path(self, *parts) -> str:
         return os.path.join(self.out, *parts)
-
-    def run_dir(self, part: str, step: int) -> str:
-        return self.path(part, f"{step:09d}")
 
     def row_path(self, part: str, step: int) -> str:
         return self.path(ROWS_DIR, part, f"{step:09d}.json")
@@ -129,83 +117,50 @@ class Experiment:
     def has_row(self, part: str, step: int) -> bool:
         return os.path.exists(self.row_path(part, step))
 
-    def model(self, step: int) -> str:
-        """The EMA weights of checkpoint ``step`` as a jtaba model directory (exported on first use)."""
-        from jtaba.train.export import export_ema
-
-        d = self.path(MODELS_DIR, f"{step:09d}")
-        if not os.path.exists(os.path.join(d, "config.json")):
-            export_ema(self.args.run, d, step)
-        return d
-
-    def sample_invert(self, step: int, part: str) -> str:
-        """Run (or resume) experiments.sample_invert for ``part`` with checkpoint ``step``; returns its directory."""
-        from experiments import sample_invert
+    def run(self, step: int, part: str):
+        """The ``part`` run of checkpoint ``step``'s EMA parameters (computed, resumed or reused)."""
+        from jtaba.runs import RunSettings, Workspace, open_run
+        from jtaba.train.export import ema_model
 
         a = self.args
-        argv = ["--ckpt", self.model(step), "--n", str(a.n), "--steps", str(a.steps), "--batch", str(a.batch),
-                "--seed", str(a.seed), "--dtype", a.dtype, "--out", self.run_dir(part, step)]
+        model, _ = ema_model(a.run, step)
+        ws = Workspace(model, os.path.join(self.name, f"step{step:09d}"), a.runs_dir)
+        settings = RunSettings(n=a.n, steps=a.steps, seed=a.seed, batch=a.batch, precision=a.precision)
         if part == "g1":
-            argv += ["--samples", os.path.join(self.run_dir("g2", self.final), "samples.npy"), "--no-reconstruction"]
-        return sample_invert.main(argv)
+            final = open_run(io.read_json(self.row_path("g2", self.final))["run"])
+            settings = settings.replace(samples=final["samples"], reconstruction=False)
+        return ws.run(settings)
 
     def compute_row(self, part: str, step: int) -> dict:
-        d = self.sample_invert(step, part)
-        samples2 = _load(d, "samples2") if part == "g2" else None
-        row = {"step": step, **checkpoint_stats(_load(d, "noise"), _load(d, "samples"), _load(d, "latents"),
-                                                samples2)}
-        os.makedirs(os.path.dirname(self.row_path(part, step)), exist_ok=True)
-        write_json(self.row_path(part, step), row)
+        r = self.run(step, part)
+        samples2 = r["samples2"] if part == "g2" else None
+        row = {"step": step, **checkpoint_stats(r["noise"], r["samples"], r["latents"], samples2), "run": r.path}
+        io.write_json(self.row_path(part, step), row)
         return row
 
-    def finish_checkpoint(self, step: int) -> None:
-        """Drop the exported model (but the final one's, until the end) and with --discard-runs the run files of a
-        checkpoint whose rows are done."""
-        if step != self.final:
-            shutil.rmtree(self.path(MODELS_DIR, f"{step:09d}"), ignore_errors=True)
-        if self.args.discard_runs:
-            for part in PARTS:
-                if not (part == "g2" and step == self.final):
-                    shutil.rmtree(self.run_dir(part, step), ignore_errors=True)
+    def discard_runs(self, step: int) -> None:
+        """With --discard-runs, delete the run folders of a checkpoint whose rows are done (not the final G.2)."""
+        for part in PARTS:
+            if self.has_row(part, step) and not (part == "g2" and step == self.final):
+                shutil.rmtree(io.read_json(self.row_path(part, step))["run"], ignore_errors=True)
 
     def rows(self, part: str) -> list[dict]:
         d = self.path(ROWS_DIR, part)
         if not os.path.isdir(d):
             return []
-        out = []
-        for name in sorted(os.listdir(d)):
-            if name.endswith(".json"):
-                with open(os.path.join(d, name)) as f:
-                    out.append(json.load(f))
-        return sorted(out, key=lambda r: r["step"])
+        rows = [io.read_json(os.path.join(d, name)) for name in sorted(os.listdir(d)) if name.endswith(".json")]
+        return sorted(rows, key=lambda r: r["step"])
 
 
-def check_settings(out: str, settings: dict) -> None:
-    """Record the settings every row depends on; refuse an --out holding rows made with other ones."""
-    path = os.path.join(out, SETTINGS)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
-            raise SystemExit(f"{out} holds results made with other settings ({', '.join(diff)}: "
-                             f"{[old.get(k) for k in diff]}); use another --out")
-    else:
-        os.makedirs(out, exist_ok=True)
-        write_json(path, settings)
-
-
-def plot_g2(rows: list[dict], path: str) -> str:
+def plot_g2(rows: list[dict], path: str, head: str) -> str:
     """Fig. 15 (assignment accuracy noise <-> image vs step) with the vertex angles and distances."""
-    from experiments import plotting
-
     steps = [r["step"] for r in rows]
     col = lambda k, scale=1.0: [scale * r[k] for r in rows]  # noqa: E731
     fig, axes = plotting.new_figure(1, 3, size=(4.6, 3.6))
     plotting.series_panel(axes[0, 0], steps, {
         "image → noise": col("acc_img_to_noise", 100), "noise → image": col("acc_noise_to_img", 100),
         "image → latent": col("acc_img_to_latent", 100), "latent → image": col("acc_latent_to_img", 100)},
-        "L2 assignment accuracy (%)", "assignment (Fig. 15)")
+        "L2 assignment accuracy (%)", f"G.2 assignment (Fig. 15)\n{head}")
     plotting.series_panel(axes[0, 1], steps, {"image": col("angle_image"), "noise": col("angle_noise"),
                                               "latent": col("angle_latent")}, "angle (degrees)", "vertex angles")
     plotting.series_panel(axes[0, 2], steps, {"noise-latent": col("mean_l2_noise_lat"),
@@ -215,15 +170,13 @@ def plot_g2(rows: list[dict], path: str) -> str:
     return plotting.save(fig, path)
 
 
-def plot_g1(rows: list[dict], path: str) -> str:
+def plot_g1(rows: list[dict], path: str, head: str) -> str:
     """Fig. 14: the final model's samples inverted with each checkpoint: angle at the noise vertex, noise-latent
     L2 distance and mean absolute noise-latent error vs step."""
-    from experiments import plotting
-
     steps = [r["step"] for r in rows]
     fig, axes = plotting.new_figure(1, 3, size=(4.6, 3.6))
     plotting.series_panel(axes[0, 0], steps, {"noise": [r["angle_noise"] for r in rows]},
-                          "angle at the noise vertex (degrees)", "angle at the noise vertex")
+                          "angle at the noise vertex (degrees)", f"G.1 angle at the noise vertex\n{head}")
     plotting.series_panel(axes[0, 1], steps, {"noise-latent": [r["mean_l2_noise_lat"] for r in rows]},
                           "mean L2 distance", "latent - noise distance")
     plotting.series_panel(axes[0, 2], steps, {"noise-latent": [r["mae_noise_latent"] for r in rows]},
@@ -232,19 +185,22 @@ def plot_g1(rows: list[dict], path: str) -> str:
 
 
 def write_outputs(exp: Experiment, settings: dict, figures: bool = True) -> dict:
-    """training_dynamics.json, the CSV tables and (``figures``) the PNG figures from all rows on disk."""
+    """training_dynamics.json, the CSV tables (without run paths) and (``figures``) the PNG figures."""
     tables = {part: exp.rows(part) for part in PARTS}
-    write_json(exp.path("training_dynamics.json"), {"settings": settings, "final_step": exp.final, **tables})
+    io.write_json(exp.path("training_dynamics.json"), {"settings": settings, "final_step": exp.final, **tables})
+    head = f"{exp.name}, N = {settings['n']}, T = {settings['steps']}"
     for part, plot in (("g2", plot_g2), ("g1", plot_g1)):
         if tables[part]:
-            write_csv(exp.path(f"training_dynamics_{part}.csv"), tables[part])
+            io.write_csv(exp.path(f"training_dynamics_{part}.csv"),
+                         [{k: v for k, v in r.items() if k != "run"} for r in tables[part]])
             if figures:
-                plot(tables[part], exp.path(f"{part}.png"))
+                plot(tables[part], exp.path(f"{part}.png"), head)
     return tables
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> str:
-    """Run the experiment; returns the output directory."""
+    """Run the analysis; returns the output folder."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from jtaba.train.save_schedule import parse_save_schedule
 
@@ -257,17 +213,15 @@ def main(argv: list[str] | None = None) -> str:
     final = steps[-1] if args.final is None else args.final
     if final not in steps:
         raise SystemExit(f"--final={final} is not a saved step of {args.run} (saved: {steps})")
-    try:
-        chosen = steps if args.select is None else [s for s in steps if parse_save_schedule(args.select)(s)]
-    except ValueError as e:
-        raise SystemExit(f"--select: {e}")
+    chosen = steps if args.select is None else [s for s in steps if parse_save_schedule(args.select)(s)]
     run_name = os.path.basename(os.path.normpath(args.run))
-    out = os.path.abspath(args.out or os.path.join("runs", run_name, "training_dynamics",
-                                                   f"seed{args.seed}_T{args.steps}_n{args.n}"))
+    name = f"T{args.steps}_n{args.n}_seed{args.seed}" + ("" if args.precision == "float32" else f"_{args.precision}")
+    out = os.path.abspath(args.out or os.path.join(args.runs_dir, run_name, "training_dynamics", name))
     settings = {"run": os.path.abspath(args.run), "n": args.n, "steps": args.steps, "seed": args.seed,
-                "final": final, "dtype": args.dtype}
-    check_settings(out, settings)
+                "final": final, "precision": args.precision}
+    io.claim_settings(os.path.join(out, SETTINGS), settings)
     exp = Experiment(args, out, final)
+    cli.warn_if_slow(args.n * len(chosen), args.steps, 3 + ("g1" in parts), "training_dynamics")
 
     if "g1" in parts and not exp.has_row("g2", final):  # G.1 inverts the final model's samples
         exp.compute_row("g2", final)
@@ -278,9 +232,9 @@ def main(argv: list[str] | None = None) -> str:
         print(f"[{i + 1}/{len(chosen)}] checkpoint {step}: {', '.join(todo)}", flush=True)
         for part in todo:
             exp.compute_row(part, step)
-        exp.finish_checkpoint(step)
+        if args.discard_runs:
+            exp.discard_runs(step)
         write_outputs(exp, settings, figures=False)
-    shutil.rmtree(exp.path(MODELS_DIR), ignore_errors=True)
     write_outputs(exp, settings)
     print(f"wrote {exp.path('training_dynamics.json')} (+ CSV tables and PNG figures)")
     return out

@@ -3,26 +3,22 @@
     python -m experiments.triangles                        # the built-in default model, quick settings
     python -m experiments.triangles --model=adm32 --n=10240 --steps=100 --batch=256
 
-Samples N images from seed-indexed noise, inverts them with DDIM (through ``experiments.sample_invert``: batched,
-sharded over the devices, resumable, and writing the standard noise / samples / latents .npy files and metrics.json
-into --out), then per sample the angles at the noise (x_T), image (x_0) and latent (x̂_T) vertices, their 1-degree
+Samples N images from seed-indexed noise and inverts them with DDIM (``jtaba.runs``: batched, sharded over the
+devices, resumable; a finished run with the same model and settings is reused), then per sample the angles at the noise (x_T), image (x_0) and latent (x̂_T) vertices, their 1-degree
 histograms and the triangle of integer angles with the highest joint probability (upstream
 ``most_probable_triangle.py``), the mean angles (``calc_angles``: acos of the mean cosine) and the mean L2 distances
 (``calc_distances``). Writes triangles.json, triangles.csv (one row, the paper's table columns) and triangles.png
-(the triangle to scale with its angles, and the three histograms) into --out. Re-running the same command resumes the
-sampling / inversion and recomputes the analysis.
+(the most probable triangle to scale with its angles, and the three histograms) into --out.
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import json
+import dataclasses
 import os
 import sys
 
 import numpy as np
 
-from experiments import add_model_flags, model_dir
+from jtaba import cli, io, plotting
 
 VERTICES = ("image", "noise", "latent")  # paper column order (Tab. 3)
 CALC_ANGLE_KEYS = {"image": "mean_cossim_img", "noise": "mean_cossim_noise", "latent": "mean_cossim_latent"}
@@ -30,21 +26,20 @@ SIDES = {("noise", "latent"): "noise_lat", ("image", "latent"): "img_lat", ("ima
 RUN_FILES = ("noise", "samples", "latents")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.triangles", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_flags(p)
-    p.add_argument("--n", type=int, default=512,
-                   help="number of samples N (default 512: about 3 minutes on 2 CPU cores with the built-in model; "
-                        "the paper used 10,240)")
-    p.add_argument("--steps", type=int, default=50,
-                   help="DDIM steps T of sampling and inversion (default 50; the paper used 100)")
-    p.add_argument("--batch", type=int, default=128,
-                   help="samples per batch over all devices (memory / speed only; results do not depend on it)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the initial noise (sample i depends on (seed, i))")
-    p.add_argument("--out", default=None,
-                   help="output directory for the run files and triangles.{json,csv,png} "
-                        "(default runs/<model>/triangles/seed<S>_T<T>_n<N>); re-run to resume")
+@dataclasses.dataclass(frozen=True)
+class Options:
+    n: int = 512
+    steps: int = 50
+    seed: int = 42
+    batch: int = 128
+    precision: str = "float32"
+
+
+def build_parser():
+    p = cli.parser("python -m experiments.triangles", __doc__)
+    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+                           n_help="number of samples N (512: about 3 minutes on 2 CPU cores with the built-in "
+                                  "model; the paper used 10,240 and T = 100)")
     return p
 
 
@@ -76,7 +71,7 @@ def angle_table(noise, samples, latents) -> dict:
 def csv_row(result: dict) -> dict:
     """The paper's table columns: most probable angles, mean angles (acos of the mean cosine), L2 mean ± std."""
     tri = result["most_probable_triangle"] or {}
-    row = {"n": result["params"]["n"], "steps": result["params"]["steps"], "seed": result["params"]["seed"]}
+    row = {"model": result["model"], "n": result["n"], "steps": result["steps"], "seed": result["seed"]}
     row.update({f"triangle_angle_{k}": tri.get(k) for k in VERTICES})
     row["triangle_probability"] = tri.get("probability")
     row.update({f"mean_angle_{k}": result["calc_angles"][CALC_ANGLE_KEYS[k]] for k in VERTICES})
@@ -86,45 +81,26 @@ def csv_row(result: dict) -> dict:
     return row
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
-    """Rows (same keys) as CSV with a header, written atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def plot(result: dict, path: str) -> str:
-    """triangles.png: the most probable triangle to scale (angles at the vertices, mean L2 distances on the sides)
-    and the three angle histograms with the chosen angles marked."""
-    from experiments import plotting
-
+    """triangles.png: the most probable triangle drawn to its angles, and the three angle histograms with the
+    chosen angles marked (the mean L2 distances are in the tables: they form another triangle)."""
     tri = result["most_probable_triangle"]
     fig, axes = plotting.new_figure(1, 4, size=(4.0, 3.6))
-    dist = result["calc_distances"]
+    head = plotting.run_title("most probable triangle", result["model"], result["n"], result["steps"])
     if tri is not None:
-        sides = {uv: f"{dist[f'mean_l2_{key}']:.1f}" for uv, key in SIDES.items()}
-        plotting.draw_triangle(axes[0, 0], {k: tri[k] for k in VERTICES}, sides,
-                               title=f"most probable triangle (p = {tri['probability']:.2e})\n"
-                                     f"N = {result['params']['n']}, T = {result['params']['steps']}")
+        plotting.draw_triangle(axes[0, 0], {k: tri[k] for k in VERTICES},
+                               title=f"{head}\n(joint probability {tri['probability']:.2e})")
         hist = result["histograms"]
         for ax, k in zip(axes[0, 1:], VERTICES):
             plotting.angle_histogram_panel(ax, hist["bin_left_edges"], hist[k], k, mark=tri[k])
-            ax.set_title(f"{k}: {tri[k]}° (mean {result['calc_angles'][CALC_ANGLE_KEYS[k]]:.1f}°)", fontsize=10)
+            ax.set_title(f"{k}: {tri[k]}° (acos of mean cosine {result['calc_angles'][CALC_ANGLE_KEYS[k]]:.1f}°)",
+                         fontsize=9)
     else:
         for ax in axes[0]:
             ax.axis("off")
+        axes[0, 0].set_title(head, fontsize=10)
         axes[0, 0].text(0.0, 0.5, "no triangle with positive probability:\n"
-                        + result.get("most_probable_triangle_error", ""), fontsize=9)
+                        + result.get("most_probable_triangle_error", ""), fontsize=9, wrap=True)
     return plotting.save(fig, path)
 
 
@@ -132,7 +108,7 @@ def report(result: dict) -> str:
     """Human-readable summary printed at the end."""
     tri = result["most_probable_triangle"]
     ang = result["calc_angles"]
-    lines = [f"noise-sample-latent triangles of {result['params']['n']} samples, T={result['params']['steps']}:"]
+    lines = [f"noise-sample-latent triangles of {result['n']} samples, T={result['steps']} ({result['model']}):"]
     if tri is None:
         lines.append(f"  most probable triangle: none ({result.get('most_probable_triangle_error')})")
     else:
@@ -148,30 +124,45 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def analyze(run_dir: str, params: dict) -> dict:
-    """Read the run files (memory-mapped), write triangles.{json,csv,png} into ``run_dir``; returns the result."""
-    arrays = [np.load(os.path.join(run_dir, f"{name}.npy"), mmap_mode="r") for name in RUN_FILES]
-    result = {"params": params, **angle_table(*arrays)}
-    write_json(os.path.join(run_dir, "triangles.json"), result)
-    write_csv(os.path.join(run_dir, "triangles.csv"), [csv_row(result)])
-    plot(result, os.path.join(run_dir, "triangles.png"))
+def compute(ws, opts: Options) -> dict:
+    """Sample and invert (or reuse the run), then the triangle statistics."""
+    from jtaba.runs import RunSettings
+
+    run = ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=opts.precision))
+    return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
+            "run": run.path, **angle_table(*(run[k] for k in RUN_FILES))}
+
+
+def markdown(result: dict) -> str:
+    """The paper's Tab. 3 row as a markdown table."""
+    tri = result["most_probable_triangle"] or {}
+    ang, d = result["calc_angles"], result["calc_distances"]
+    head = "| | image $x_0$ | noise $x_T$ | latent $\\hat{x}_T$ |\n|---|---|---|---|"
+    rows = [f"| most probable angle (°) | {tri.get('image', '-')} | {tri.get('noise', '-')} | {tri.get('latent', '-')} |",
+            "| acos of mean cosine (°) | " + " | ".join(f"{ang[CALC_ANGLE_KEYS[k]]:.1f}" for k in VERTICES) + " |"]
+    sides = ", ".join(f"{u}-{v} {d[f'mean_l2_{key}']:.2f} ± {d[f'std_l2_{key}']:.2f}" for (u, v), key in SIDES.items())
+    return "\n".join([head, *rows, "", f"Mean L2 distances: {sides}."])
+
+
+def write_outputs(result: dict, out: str) -> dict:
+    """triangles.json, triangles.csv and triangles.png in ``out``."""
+    io.write_json(os.path.join(out, "triangles.json"), result)
+    io.write_csv(os.path.join(out, "triangles.csv"), [csv_row(result)])
+    plot(result, os.path.join(out, "triangles.png"))
     return result
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> str:
-    """Run the experiment; returns the output directory."""
+    """Run the analysis; returns the output folder."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from experiments import sample_invert
-
-    ckpt, tag = model_dir(args)
-    out = os.path.abspath(args.out or os.path.join("runs", tag, "triangles",
-                                                   f"seed{args.seed}_T{args.steps}_n{args.n}"))
-    sample_invert.main(["--ckpt", ckpt, "--n", str(args.n), "--steps", str(args.steps), "--batch", str(args.batch),
-                        "--seed", str(args.seed), "--no-reconstruction", "--out", out])
-    params = {"ckpt": ckpt, "n": args.n, "steps": args.steps, "seed": args.seed}
-    result = analyze(out, params)
+    ws = cli.workspace(args)
+    opts = Options(args.n, args.steps, args.seed, args.batch, args.precision)
+    cli.warn_if_slow(opts.n, opts.steps, 2, "triangles")
+    out = cli.out_dir(args, ws.tag, "triangles")
+    result = write_outputs(compute(ws, opts), out)
     print(report(result))
-    print(f"wrote {os.path.join(out, 'triangles.json')}, triangles.csv, triangles.png")
+    print(f"wrote {out}/triangles.json, triangles.csv, triangles.png (run files: {result['run']})")
     return out
 
 

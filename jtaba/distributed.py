@@ -32,6 +32,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                    help="address of process 0's coordination service; enables jax.distributed")
     g.add_argument("--num-processes", type=int, default=None, help="total number of processes of the run")
     g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. num-processes-1")
+    g.add_argument("--init-timeout", type=int, default=300,
+                   help="seconds to wait for every process to join before giving up with an error")
 
 
 def initialize_from_flags(args: argparse.Namespace) -> None:
@@ -42,4 +44,9 @@ def initialize_from_flags(args: argparse.Namespace) -> None:
         return
     if args.num_processes is None or args.process_id is None:
         raise SystemExit("--coordinator needs --num-processes and --process-id")
-    initialize(args.coordinator, args.num_processes, args.process_id)
+    try:
+        initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
+    except Exception as e:  # jax raises XlaRuntimeError / RuntimeError with a long service trace
+        raise SystemExit(f"error: process {args.process_id} of {args.num_processes} could not join the run at "
+                         f"{args.coordinator} within --init-timeout={args.init_timeout} s (are all processes "
+                         f"started, with the same --coordinator?): {str(e).splitlines()[0] if str(e) else e}") from None

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtaba import checkpoint
+from jtaba import checkpoint, home, precision
 from jtaba.diffusion import DiffusionConfig
 
 DECODER_DIR = "decoder"
@@ -80,14 +80,15 @@ def build(family: str, model_config: dict, dtype=jnp.float32):
     return config, mod.Network(config=config, dtype=dtype)
 
 
-def load(directory: str, dtype: str = "float32", mesh: Optional[jax.sharding.Mesh] = None) -> Model:
-    """Load a jtaba checkpoint written by a converter or the trainer. ``dtype``: compute dtype "float32" or
-    "bfloat16"; params are always restored as float32 (checkpoints may store float16, e.g. IF). ``mesh``: restore
+def load(model: str, dtype: str = "float32", mesh: Optional[jax.sharding.Mesh] = None) -> Model:
+    """Load a jtaba checkpoint written by a converter or the trainer. ``model``: ``"default"`` (the built-in
+    model), a name in the model home (``"adm32"``) or a checkpoint path (``jtaba.home.resolve``). ``dtype``: compute dtype, a
+    ``jtaba.precision`` name ("float32", "tf32" or "bfloat16"); params are always restored as float32 (checkpoints may store float16, e.g. IF). ``mesh``: restore
     the params sharded by the family's ``param_shardings(shapes, mesh)`` rule when it has one (models larger than
     one accelerator), else replicated over the mesh."""
-    directory = os.path.expanduser(directory)
+    directory = home.resolve(model).path
     cfg = checkpoint.read_config(directory)
-    compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+    compute = precision.compute_dtype(dtype)
     config, network = build(cfg["family"], cfg["model"], compute)
     sharding = None
     if mesh is not None:

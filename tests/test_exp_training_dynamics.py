@@ -77,7 +77,7 @@ def test_training_dynamics_end_to_end(tmp_path):
     assert td.saved_steps(str(run)) == list(SAVED)
 
     argv = ["--run", str(run), "--n", str(N), "--steps", str(STEPS), "--batch", str(BATCH),
-            "--out", str(tmp_path / "td")]
+            "--out", str(tmp_path / "td"), "--runs-dir", str(tmp_path / "runs")]
     out = td.main(argv)
     with open(os.path.join(out, "training_dynamics.json")) as f:
         res = json.load(f)
@@ -87,32 +87,33 @@ def test_training_dynamics_end_to_end(tmp_path):
     # Direct computations below place their inputs on the data mesh as the runner does (same jit cache entries).
     mesh = sharding.data_mesh()
     noise = np.asarray(noise_for_indices(420, sharding.put_batch(np.arange(N, dtype=np.int32), mesh), SHAPE))
-    final = load_run(os.path.join(out, "g2", f"{SAVED[-1]:09d}"))
+    runs = {part: {r["step"]: r["run"] for r in res[part]} for part in ("g2", "g1")}
+    final = load_run(runs["g2"][SAVED[-1]])
     for part in ("g2", "g1"):
         for row in res[part]:
-            files = load_run(os.path.join(out, part, f"{row['step']:09d}"))
+            files = load_run(row["run"])
             np.testing.assert_array_equal(files["noise"], noise)
             if part == "g1":  # G.1 inverts the final model's samples
                 np.testing.assert_array_equal(files["samples"], final["samples"])
             want = oracle_row(files["noise"], files["samples"], files["latents"], files.get("samples2"))
-            assert set(row) == set(want) | {"step"}
+            assert set(row) == set(want) | {"step", "run"}
             for k, v in want.items():
                 np.testing.assert_allclose(row[k], v, rtol=1e-9, atol=1e-12, err_msg=f"{part} {row['step']} {k}")
     g2 = {r["step"]: r for r in res["g2"]}
     assert g2[0]["angle_noise"] != g2[10]["angle_noise"]  # the checkpoints differ
     for k, v in res["g1"][-1].items():  # G.1 with the final model is G.2 of the final model
-        if k != "mean_mse_img_img2":
+        if k not in ("mean_mse_img_img2", "run"):
             assert v == pytest.approx(g2[SAVED[-1]][k], rel=1e-12)
 
     # checkpoint 0's runs used the EMA weights of step 0: sample / invert with them directly
     save_checkpoint(str(tmp_path / "ema0"), tiny_config_dict(), emas[0])
     model = replicate(jtaba.load(str(tmp_path / "ema0")), sharding.replicated(mesh))
-    first = load_run(os.path.join(out, "g2", f"{0:09d}"))
+    first = load_run(runs["g2"][0])
     np.testing.assert_allclose(np.asarray(jtaba.sample(model, sharding.put_batch(noise, mesh), steps=STEPS).x),
                                first["samples"], atol=1e-5)
     np.testing.assert_allclose(
         np.asarray(jtaba.invert(model, sharding.put_batch(final["samples"], mesh), steps=STEPS).x),
-        load_run(os.path.join(out, "g1", f"{0:09d}"))["latents"], atol=1e-5)
+        load_run(runs["g1"][0])["latents"], atol=1e-5)
 
     for part, cols in (("g2", 16), ("g1", 15)):
         with open(os.path.join(out, f"training_dynamics_{part}.csv")) as f:
@@ -121,7 +122,6 @@ def test_training_dynamics_end_to_end(tmp_path):
         assert float(rows[0]["acc_img_to_noise"]) == res[part][0]["acc_img_to_noise"]
         png = matplotlib.image.imread(os.path.join(out, f"{part}.png"))
         assert png.shape[1] > 800 and png[..., :3].std() > 0.05
-    assert not os.path.exists(os.path.join(out, td.MODELS_DIR))
 
     # resume: only the missing row is recomputed, from the finished run files, with identical values
     row_path = os.path.join(out, td.ROWS_DIR, "g1", f"{0:09d}.json")

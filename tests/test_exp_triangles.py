@@ -88,9 +88,13 @@ def oracle_triangle(angles: dict):
 @pytest.mark.slow
 def test_triangles_end_to_end(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
-    out = triangles.main(["--ckpt", ckpt, "--n", "32", "--steps", str(STEPS), "--batch", str(BATCH),
-                          "--seed", "7", "--out", str(tmp_path / "tri")])
-    noise, samples, latents = (np.load(os.path.join(out, f"{k}.npy")) for k in ("noise", "samples", "latents"))
+    runs_dir = str(tmp_path / "runs")
+    argv = ["--ckpt", ckpt, "--n", "32", "--steps", str(STEPS), "--seed", "7", "--runs-dir", runs_dir]
+    out = triangles.main([*argv, "--batch", str(BATCH), "--out", str(tmp_path / "tri")])
+    with open(os.path.join(out, "triangles.json")) as f:
+        run = json.load(f)["run"]
+    assert run.startswith(runs_dir)
+    noise, samples, latents = (np.load(os.path.join(run, f"{k}.npy")) for k in ("noise", "samples", "latents"))
     assert noise.shape == samples.shape == latents.shape == (32, *SHAPE)
     assert not np.allclose(samples, noise) and not np.allclose(latents, noise)
     with open(os.path.join(out, "triangles.json")) as f:
@@ -127,11 +131,10 @@ def test_triangles_end_to_end(tmp_path):
     png = matplotlib.image.imread(os.path.join(out, "triangles.png"))
     assert png.shape[0] > 200 and png.shape[1] > 800 and png[..., :3].std() > 0.05  # drawn, not blank
 
-    # the same command again resumes the finished run (no resampling) and rewrites identical numbers
-    mtime = os.path.getmtime(os.path.join(out, "samples.npy"))
-    triangles.main(["--ckpt", ckpt, "--n", "32", "--steps", str(STEPS), "--batch", "8", "--seed", "7",
-                    "--out", out])
-    assert os.path.getmtime(os.path.join(out, "samples.npy")) == mtime
+    # the same settings again (another batch size) reuse the finished run (no resampling): identical numbers
+    mtime = os.path.getmtime(os.path.join(run, "samples.npy"))
+    triangles.main([*argv, "--batch", "8", "--out", out])
+    assert os.path.getmtime(os.path.join(run, "samples.npy")) == mtime
     with open(os.path.join(out, "triangles.json")) as f:
         assert json.load(f) == res
 
@@ -143,7 +146,7 @@ def test_missing_named_model_names_convert_command(tmp_path, monkeypatch):
 
 
 def test_triangle_vertices_to_scale():
-    from experiments.plotting import triangle_vertices
+    from jtaba.plotting import triangle_vertices
 
     pts = triangle_vertices(30.0, 100.0, 50.0, noise_latent=2.0)
 

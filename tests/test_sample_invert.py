@@ -18,9 +18,11 @@ from tests.processes import finish, free_port
 import jtaba
 from experiments import sample_invert
 from jtaba import noise as noise_lib
-from jtaba import sharding, store
+from jtaba import sharding
+from jtaba.runs import store
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
+from jtaba.io import finite_json
 from jtaba.metrics.core import core_metrics
 from jtaba.model import replicate
 from jtaba.schedules import adm_spaced
@@ -117,8 +119,8 @@ def test_files_and_values_match_the_api(ckpt, ref):
         metrics = json.load(f)
     assert metrics["_params"]["cmd"][1:] == ["--ckpt", ckpt, *RUN, "--out", ref]
     assert metrics["_params"]["steps"] == T and metrics["_params"]["n"] == N
-    np.testing.assert_equal(metrics["metrics"], core_metrics(noise, load(ref, "latents"), load(ref, "samples"),
-                                                             load(ref, "samples2")))
+    want = core_metrics(noise, load(ref, "latents"), load(ref, "samples"), load(ref, "samples2"))
+    np.testing.assert_equal(metrics["metrics"], finite_json(want))  # NaN (5 samples: no correlation) -> null
     assert sorted(os.listdir(ref)) == sorted([n + ".npy" for n in NAMES] + ["metrics.json", store.MANIFEST])
 
 
@@ -133,7 +135,7 @@ def test_killed_run_resumes_to_identical_files(ckpt, ref, tmp_path, monkeypatch)
         write(self, start, stop, arrays)
 
     monkeypatch.setattr(store.RunStore, "write", dying_write)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="130"):  # Ctrl-C: a clean exit, the finished chunks kept
         sample_invert.main(["--ckpt", ckpt, *RUN, "--out", out])
     assert calls == [(0, 2), (2, 4)] and not os.path.exists(os.path.join(out, "samples.npy"))
     monkeypatch.setattr(store.RunStore, "write", write)
@@ -231,7 +233,7 @@ def test_impossible_runs_are_refused_before_writing(ckpt, ref, tmp_path):
     out, labels = str(tmp_path / "never"), str(tmp_path / "labels.npy")
     np.save(labels, np.zeros(N, np.int64))
     for extra, msg in [(["--swap-from", ref, "--swap-type", "xt", "--swap-before", str(T)], "swap_before"),
-                       (["--forward-before", str(T + 1)], "forward-before"),
+                       (["--forward-before", str(T + 1)], "forward_before"),
                        (["--labels", labels], "not class-conditional"),
                        (["--guidance", "3"], "conditional model")]:
         with pytest.raises(SystemExit, match=msg):

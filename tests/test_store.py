@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from jtaba import store
+from jtaba.runs import store
 
 N, T = 11, 3
 PARAMS = {"model": "toy", "seed": 1}

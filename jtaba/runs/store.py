@@ -18,6 +18,8 @@ import shutil
 
 import numpy as np
 
+from jtaba import io
+
 MANIFEST = ".jtaba_run.json"
 CHUNKS = ".chunks"
 
@@ -47,13 +49,6 @@ def pending_ranges(done: np.ndarray, batch: int) -> list[tuple[int, int]]:
     return out
 
 
-def _atomic_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _canonical(params: dict) -> dict:
     return json.loads(json.dumps(params, sort_keys=True))
 
@@ -69,8 +64,7 @@ class RunStore:
         self.chunk_dir = os.path.join(self.directory, CHUNKS)
         manifest = os.path.join(self.directory, MANIFEST)
         if os.path.exists(manifest):
-            with open(manifest) as f:
-                old = json.load(f)
+            old = io.read_json(manifest)
             same = old["params"] == self.params and old["n"] == self.n
             if not same and (old["complete"] or self._chunks()):
                 diff = sorted(k for k in set(old["params"]) | set(self.params)
@@ -78,14 +72,14 @@ class RunStore:
                 raise RunMismatch(f"{self.directory} holds a run with other parameters (differs in "
                                   f"{diff + (['n'] if old['n'] != self.n else [])}); use another output directory")
             if not same:  # nothing was written under the old parameters: start over
-                _atomic_json(manifest, {"params": self.params, "n": self.n, "complete": False})
+                io.write_json(manifest, {"params": self.params, "n": self.n, "complete": False}, sort_keys=True)
             self.complete = same and bool(old["complete"])
         else:
             if os.path.isdir(self.directory) and os.listdir(self.directory):
                 raise RunMismatch(f"{self.directory} is not empty and holds no jtaba run; use another directory")
             os.makedirs(self.directory, exist_ok=True)
             self.complete = False
-            _atomic_json(manifest, {"params": self.params, "n": self.n, "complete": False})
+            io.write_json(manifest, {"params": self.params, "n": self.n, "complete": False}, sort_keys=True)
         os.makedirs(self.chunk_dir, exist_ok=True)
         for name in os.listdir(self.chunk_dir):  # debris of a chunk being written when the run died
             if name.startswith(".tmp"):
@@ -139,7 +133,7 @@ class RunStore:
         names = sorted(f[:-4] for f in os.listdir(dirs[0]) if f.endswith(".npy")) if dirs else []
         for name in names:
             self._concatenate(name, chunks, dirs)
-        _atomic_json(os.path.join(self.directory, MANIFEST), {"params": self.params, "n": self.n, "complete": True})
+        io.write_json(os.path.join(self.directory, MANIFEST), {"params": self.params, "n": self.n, "complete": True}, sort_keys=True)
         self.complete = True
         shutil.rmtree(self.chunk_dir)
         return names

@@ -1,35 +1,29 @@
-"""Figure helpers shared by the experiments (matplotlib, Agg backend: no display needed).
-
-Every figure is written atomically (a temporary file renamed into place) and closed after saving.
-"""
+"""Figure helpers shared by the analyses (matplotlib ``Figure`` objects without pyplot: no display, no global
+backend switch in a notebook). Every figure is written atomically (``jtaba.io.atomic_path``)."""
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
+from jtaba.io import atomic_path
 
 VERTEX_COLORS = {"noise": "tab:blue", "image": "tab:green", "latent": "tab:red"}
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 4.0)):
     """(figure, axes array of shape (nrows, ncols)); ``size`` is per panel in inches."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
 
 
 def save(fig, path: str, dpi: int = 120) -> str:
-    """Write ``fig`` to ``path`` (format from the extension) atomically and close it; returns ``path``."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{ext}"
+    """Write ``fig`` to ``path`` (format from the extension) atomically; returns ``path``."""
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     return path
 
 
@@ -47,35 +41,29 @@ def triangle_vertices(angle_noise: float, angle_image: float, angle_latent: floa
             "image": noise_image * np.array([np.cos(a_n), np.sin(a_n)])}
 
 
-def draw_triangle(ax, angles: Mapping[str, float], side_labels: Mapping[tuple[str, str], str] | None = None,
-                  title: str | None = None) -> None:
-    """Draw the triangle with interior ``angles`` {"noise", "image", "latent"} (degrees) to scale, each vertex
-    named and its angle written inside the corner; ``side_labels`` {(vertex, vertex): text} annotate sides."""
+VERTEX_NAMES = {"noise": "noise $x_T$", "image": "image $x_0$", "latent": r"latent $\hat{x}_T$"}
+
+
+def draw_triangle(ax, angles: Mapping[str, float], title: str | None = None) -> None:
+    """Draw the triangle with interior ``angles`` {"noise", "image", "latent"} (degrees) to scale; vertices are
+    coloured markers named with their angle in a legend (no labels that can overlap on a thin triangle)."""
     pts = triangle_vertices(angles["noise"], angles["image"], angles["latent"])
     xy = np.stack([pts["noise"], pts["latent"], pts["image"], pts["noise"]])
     ax.plot(xy[:, 0], xy[:, 1], color="black", lw=1.5)
     ax.fill(xy[:, 0], xy[:, 1], color="0.93")
-    center = np.mean([pts[k] for k in VERTEX_COLORS], axis=0)
-    span = max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
-    names = {"noise": "noise $x_T$", "image": "image $x_0$", "latent": r"latent $\hat{x}_T$"}
     for key, p in pts.items():
-        away = p - center
-        away = away / (np.linalg.norm(away) + 1e-12)
-        ax.plot(*p, "o", color=VERTEX_COLORS[key], ms=7, zorder=3)
-        ax.annotate(names[key], p + 0.1 * span * away, ha="center", va="center", color=VERTEX_COLORS[key],
-                    fontsize=10, fontweight="bold")
-        inward = -away
-        ax.annotate(f"{angles[key]:g}°", p + 0.12 * span * inward, ha="center", va="center", fontsize=9)
-    for (u, v), text in (side_labels or {}).items():
-        mid = (pts[u] + pts[v]) / 2
-        out = mid - center
-        out = out / (np.linalg.norm(out) + 1e-12)
-        ax.annotate(text, mid + 0.05 * span * out, ha="center", va="center", fontsize=8, color="0.3")
+        ax.plot(*p, "o", color=VERTEX_COLORS[key], ms=8, zorder=3, label=f"{VERTEX_NAMES[key]}: {angles[key]:g}°")
+    ax.legend(loc="upper center", fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
     ax.set_aspect("equal")
-    ax.margins(0.2)
+    ax.margins(0.08)
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
+
+
+def run_title(what: str, model: str, n: int, steps: int) -> str:
+    """Figure title naming the model, N and T."""
+    return f"{what}\n{model}, N = {n}, T = {steps}"
 
 
 def angle_histogram_panel(ax, left_edges: Sequence[int], probs: Sequence[float], vertex: str,
@@ -102,11 +90,17 @@ def step_axis(ax, steps: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
+MARKERS = ("o", "s", "^", "v", "D", "P")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
 def series_panel(ax, steps: Sequence[int], series: Mapping[str, Sequence[float]], ylabel: str,
                  title: str | None = None) -> None:
-    """One line (with markers) per named series against the training step."""
-    for label, values in series.items():
-        ax.plot(steps, values, "o-", ms=3, lw=1, label=label)
+    """One line per named series against the training step; markers, dashes and sizes differ per series, so
+    series that coincide stay distinguishable."""
+    for k, (label, values) in enumerate(series.items()):
+        ax.plot(steps, values, marker=MARKERS[k % len(MARKERS)], ls=LINESTYLES[k % len(LINESTYLES)],
+                ms=7 - 1.2 * (k % 4), lw=1.2, alpha=0.85, mfc="none" if k % 2 else None, label=label)
     step_axis(ax, steps)
     ax.set_ylabel(ylabel)
     if len(series) > 1:

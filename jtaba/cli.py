@@ -1,0 +1,142 @@
+"""What every command line shares: kebab-case flags with their defaults in ``--help``, picking the model, the run
+flags, one-line errors, a clean Ctrl-C, and a warning before work that would take long on a CPU."""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from typing import Callable
+
+from jtaba import home
+from jtaba.precision import PRECISIONS
+
+# Network evaluations above which a CPU run is announced as long (the built-in model does ~150 per second on 2 cores).
+SLOW_CPU_PASSES = 200_000
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, every flag's default shown."""
+
+
+def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", metavar="NAME", default=home.DEFAULT,
+                   help=f"'default' (the built-in model), a converted model in the model home ($JTABA_HOME/models/"
+                        f"NAME, default ~/.cache/jtaba/models/NAME: {', '.join(home.CONVERT_COMMANDS)}) or a "
+                        f"checkpoint path; a missing one names the convert command that makes it")
+    g.add_argument("--ckpt", metavar="DIR", default=None, help="any jtaba checkpoint folder (same as --model=DIR)")
+
+
+def model_ref(args: argparse.Namespace) -> home.ModelRef:
+    return home.resolve(args.ckpt or args.model)
+
+
+def load_model(args: argparse.Namespace):
+    """(``jtaba.Model``, short tag for output folders) from ``--model`` / ``--ckpt``."""
+    from jtaba.model import load
+
+    ref = model_ref(args)
+    return load(ref.path), ref.tag
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, n: int | None, steps: int, batch: int, seed: int,
+                  n_help: str = "number of samples N") -> None:
+    """--n --steps --batch --seed --precision --runs-dir --no-reuse."""
+    p.add_argument("--n", type=int, default=n, help=n_help)
+    p.add_argument("--steps", type=int, default=steps, help="DDIM steps T of sampling, inversion and reconstruction")
+    p.add_argument("--batch", type=int, default=batch,
+                   help="samples per batch over all devices (memory / speed only: results do not depend on it)")
+    p.add_argument("--seed", type=int, default=seed,
+                   help="seed of the initial noise and of drawn class labels (sample i depends on (seed, i) only)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32: true fp32 (matmul precision highest: the original code's numbers on any device); "
+                        "tf32: fast fp32 on GPUs; bfloat16: network compute in bfloat16")
+    p.add_argument("--runs-dir", default="runs",
+                   help="where sample / invert runs are stored (runs/<model>/sample_invert/<settings>) and looked "
+                        "up: a finished run with the same model, inputs and settings is reused, not recomputed")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="compute a fresh run even if a finished run with the same settings exists")
+
+
+def warn_if_slow(n: int, steps: int, passes: int, what: str = "this command") -> None:
+    """Say on stderr when ``n`` x ``steps`` x ``passes`` network evaluations would take long on a CPU."""
+    import jax
+
+    total = n * steps * passes
+    if jax.default_backend() == "cpu" and total > SLOW_CPU_PASSES:
+        print(f"note: {what} runs {n:,} x {steps} x {passes} = {total:,} network evaluations on a CPU; this can take "
+              f"long with a large model (lower --n / --steps for a quick look)", file=sys.stderr, flush=True)
+
+
+def entry_point(main: Callable) -> Callable:
+    """Wrap a command's ``main(argv)``: library errors become one-line exits (``JTABA_DEBUG=1`` shows the
+    traceback), Ctrl-C ends with a resume note."""
+
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print("\ninterrupted: finished chunks are kept; run the same command again to resume",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            if os.environ.get("JTABA_DEBUG"):  # the whole traceback, for bug reports
+                raise
+            raise SystemExit(f"error: {e}") from None
+
+    return wrapped
+
+
+def add_analysis_flags(p: argparse.ArgumentParser, *, n: int, steps: int, batch: int = 128, seed: int = 42,
+                       n_help: str = "number of samples N") -> None:
+    """The flags every analysis shares: the model, the run flags and --out."""
+    add_model_flags(p)
+    add_run_flags(p, n=n, steps=steps, batch=batch, seed=seed, n_help=n_help)
+    p.add_argument("--out", default=None,
+                   help="folder for the tables and figures (default: <runs-dir>/<model>/<analysis>/<settings>)")
+
+
+def workspace(args: argparse.Namespace):
+    """The ``jtaba.runs.Workspace`` of ``--model`` / ``--ckpt``, ``--runs-dir`` and ``--no-reuse``."""
+    from jtaba.runs import Workspace
+
+    model, tag = load_model(args)
+    return Workspace(model, tag, args.runs_dir, not args.no_reuse)
+
+
+def run_settings(args: argparse.Namespace, **overrides):
+    """``RunSettings`` from --n --steps --seed --batch --precision, with ``overrides``."""
+    from jtaba.runs import RunSettings
+
+    base = dict(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, precision=args.precision)
+    return RunSettings(**{**base, **overrides})
+
+
+def out_dir(args: argparse.Namespace, tag: str, analysis: str, *parts: str) -> str:
+    """``--out``, or ``<runs-dir>/<model>/<analysis>/T<T>_n<N>_seed<S>[_<parts>][_<precision>]``."""
+    if args.out:
+        return os.path.abspath(args.out)
+    name = [f"T{args.steps}", f"n{args.n}", f"seed{args.seed}", *parts]
+    if args.precision != "float32":
+        name.append(args.precision)
+    return os.path.abspath(os.path.join(args.runs_dir, tag, analysis, "_".join(name)))
+
+
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    """--coordinator --num-processes --process-id (``jtaba.distributed``)."""
+    from jtaba import distributed
+
+    distributed.add_flags(p)
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Join a multi-process run when ``--coordinator`` was given (before any other JAX call)."""
+    from jtaba import distributed
+
+    distributed.initialize_from_flags(args)

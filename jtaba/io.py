@@ -1,0 +1,97 @@
+"""Atomic file writes (JSON, CSV, NPY, any file) and the settings manifest that refuses a mismatching rerun.
+
+Every writer goes through ``atomic_path``: the content is written to a temporary file beside the target, flushed
+and fsynced, then renamed into place, so a killed process leaves either the old file or the new one, never half.
+JSON is written with NaN / Inf replaced by ``null`` (strict JSON that every reader accepts).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write to; on success it is fsynced and renamed onto ``path``.
+    The temporary name keeps the extension (tools that pick a format from it keep working)."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with numpy scalars / arrays made plain and non-finite floats made ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str, obj: Any, sort_keys: bool = False) -> str:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(finite_json(obj), f, indent=1, sort_keys=sort_keys, allow_nan=False)
+    return path
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV with a header (the union of the keys, in first-seen order); missing cells are empty."""
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows([{k: finite_json(v) for k, v in row.items()} for row in rows])
+    return path
+
+
+def save_npy(path: str, array) -> str:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array))
+    return path
+
+
+class SettingsMismatch(ValueError):
+    """A folder holds results made with other settings."""
+
+
+def claim_settings(path: str, settings: Mapping[str, Any]) -> None:
+    """Record ``settings`` (JSON-able) in the manifest file ``path``, or check that an existing manifest holds the
+    same ones; raise ``SettingsMismatch`` naming the settings that differ."""
+    settings = json.loads(json.dumps(finite_json(settings), sort_keys=True))
+    if os.path.exists(path):
+        old = read_json(path)
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+            raise SettingsMismatch(f"{os.path.dirname(os.path.abspath(path))} holds results made with other "
+                                   f"settings ({shown}); use another output folder")
+        return
+    write_json(path, settings, sort_keys=True)

@@ -1,0 +1,15 @@
+"""Runs as a library: sample -> invert -> reconstruct a model in memory, chunked, resumable, sharded, reusable.
+
+    from jtaba import runs
+    r = runs.run(jtaba.load("default"), runs.RunSettings(n=512, steps=50, reconstruction=False))
+    r["latents"]          # (512, C, H, W) memory map; r.identity says what it was computed from
+
+``run`` (``jtaba.runs.run``), its settings (``jtaba.runs.settings``), the chunk store (``jtaba.runs.store``), content
+fingerprints (``jtaba.runs.fingerprint``) and the reader of finished runs (``jtaba.runs.reader``).
+"""
+from jtaba.runs.reader import Run, RunNotFinished, find_run, open_run
+from jtaba.runs.run import Workspace, plan, run
+from jtaba.runs.settings import RunSettings
+from jtaba.runs.store import RunMismatch
+
+__all__ = ["Run", "RunMismatch", "RunNotFinished", "RunSettings", "find_run", "open_run", "Workspace", "plan", "run"]

@@ -1,0 +1,83 @@
+"""Open finished runs for analysis: ``Run`` (arrays memory-mapped) and ``find_run`` (reuse a run that serves)."""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+import numpy as np
+
+from jtaba import io
+from jtaba.runs.fingerprint import settings_digest
+from jtaba.runs.settings import serves
+from jtaba.runs.store import MANIFEST
+
+METRICS = "metrics.json"
+
+
+class RunNotFinished(FileNotFoundError):
+    """A folder holds no finished run."""
+
+
+class Run:
+    """A finished run folder: ``run["latents"]`` is the (N, C, H, W) memory map of latents.npy, trajectories
+    ``run["all_t_samples"]`` are (T, N, C, H, W); ``identity`` is what the run was computed from (model and input
+    fingerprints and every setting), ``fingerprint`` its digest, ``metrics`` the core metrics of metrics.json."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        manifest = os.path.join(self.path, MANIFEST)
+        if not os.path.exists(manifest):
+            raise RunNotFinished(f"{self.path}: not a jtaba run (no {MANIFEST})")
+        m = io.read_json(manifest)
+        if not m.get("complete"):
+            raise RunNotFinished(f"{self.path}: the run is not finished; rerun its command to resume it")
+        self.identity: dict = m["params"]
+        self.n: int = int(m["n"])
+        self.fingerprint = settings_digest(self.identity)
+
+    @property
+    def steps(self) -> int:
+        return int(self.identity["steps"])
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(f[:-4] for f in os.listdir(self.path) if f.endswith(".npy") and not f.startswith("."))
+
+    def __contains__(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.path, name + ".npy"))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self:
+            raise KeyError(f"{self.path} has no {name}.npy (it has: {', '.join(self.names)})")
+        return np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r")
+
+    def get(self, name: str) -> Optional[np.ndarray]:
+        return self[name] if name in self else None
+
+    @property
+    def metrics(self) -> dict:
+        path = os.path.join(self.path, METRICS)
+        return io.read_json(path)["metrics"] if os.path.exists(path) else {}
+
+    def __repr__(self) -> str:
+        return f"Run({self.path!r}, n={self.n}, steps={self.steps})"
+
+
+def open_run(path: str) -> Run:
+    return Run(path)
+
+
+def find_run(root: str, identity: dict) -> Optional[Run]:
+    """A finished run anywhere under ``root`` that serves ``identity``, else None; of several, the one that holds
+    the least beyond the request."""
+    found = []
+    for manifest in sorted(glob.glob(os.path.join(glob.escape(root), "**", MANIFEST), recursive=True)):
+        try:
+            run = Run(os.path.dirname(manifest))
+        except (RunNotFinished, ValueError, KeyError):
+            continue
+        if serves(run.identity, identity):
+            found.append(run)
+    return min(found, key=lambda r: sum(bool(r.identity[k]) for k in ("record", "inversion", "reconstruction")),
+               default=None)

@@ -1,0 +1,152 @@
+"""What a sample -> invert -> reconstruct run computes: ``RunSettings`` (a frozen dataclass) and its identity.
+
+Arrays are NCHW (as the upstream files); inputs given as arrays may be memory maps, and only their first ``n`` rows
+are used. ``identity`` turns settings into the JSON dict that fingerprints a run (with the model's fingerprint):
+every setting that changes the results, input arrays by content, never the batch size, device count or a path.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+
+from jtaba import precision as precision_lib
+from jtaba.runs.fingerprint import array_digest
+
+SWAP_TYPES = ("eps", "xt")
+FORWARD_LEVELS = ("exact", "upstream")
+SWAP_FILES = {"eps": "all_t_eps_samples", "xt": "all_t_samples"}
+# What a finished run holds beyond its identity: a run with more of these serves a request for fewer.
+OUTPUT_FLAGS = ("record", "inversion", "reconstruction")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunSettings:
+    """One run. ``n`` samples (``None``: the rows of the first input array given, else 1024), ``steps`` DDIM
+    steps T, ``seed`` of the per-index noise and drawn class labels, ``batch`` samples per step over all devices
+    (memory / speed only).
+
+    Inputs (``None``: drawn or sampled): ``noise`` (N, C, H, W) initial noise; ``samples`` (N, C, H, W) clean
+    samples to invert instead of sampling; ``labels`` (N,) integer class labels; ``prompt_embeds`` (N, L, D)
+    (text-conditioned models); ``class_seed`` / ``noises_per_class``: taba's DiT class-name sampling.
+
+    ``forward_before`` K replaces the first K inversion steps by q(x_t | x_0) with noise from ``forward_seed``
+    (its own stream) or ``forward_noise``, at level ``forward_level``. ``swap_from`` (a recorded ``Run``) replaces
+    the first ``swap_before`` inversion steps' ``swap_type`` ("eps" | "xt") by that run's mirror steps; its
+    samples, noise and labels are used unless given. ``guidance``: classifier-free guidance scale (1 = off).
+    ``precision``: ``jtaba.precision`` name; ``schedule_dtype``: "float16" for upstream's half-precision diffusers
+    scheduler arithmetic. ``record`` keeps every step (all_t_*); ``inversion`` / ``reconstruction`` switch the
+    later stages."""
+    n: Optional[int] = None
+    steps: int = 100
+    seed: int = 42
+    batch: int = 64
+    noise: Optional[Any] = None
+    samples: Optional[Any] = None
+    labels: Optional[Any] = None
+    prompt_embeds: Optional[Any] = None
+    class_seed: Optional[int] = None
+    noises_per_class: int = 1
+    guidance: float = 1.0
+    record: bool = False
+    inversion: bool = True
+    reconstruction: bool = True
+    forward_before: int = 0
+    forward_seed: int = 42
+    forward_noise: Optional[Any] = None
+    forward_level: str = "exact"
+    swap_from: Optional[Any] = None  # a finished, recorded jtaba.runs.Run
+    swap_before: int = 0
+    swap_type: str = "eps"
+    precision: str = "float32"
+    schedule_dtype: Optional[str] = None
+
+    def replace(self, **kw) -> "RunSettings":
+        return dataclasses.replace(self, **kw)
+
+    def check(self) -> None:
+        """Refuse values that cannot run (model-independent checks; ``jtaba.runs.run`` adds the model's)."""
+        for name in ("steps", "batch"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.n is not None and (not isinstance(self.n, (int, np.integer)) or self.n < 1):
+            raise ValueError(f"n must be a positive int, got {self.n!r}")
+        if not 0 <= self.forward_before <= self.steps:
+            raise ValueError(f"forward_before must be in [0, steps={self.steps}], got {self.forward_before}")
+        if self.forward_level not in FORWARD_LEVELS:
+            raise ValueError(f"forward_level must be one of {FORWARD_LEVELS}, got {self.forward_level!r}")
+        if self.swap_type not in SWAP_TYPES:
+            raise ValueError(f"swap_type must be one of {SWAP_TYPES}, got {self.swap_type!r}")
+        if self.swap_from is not None and self.swap_before <= 0:
+            raise ValueError("swap_from needs swap_before > 0")
+        if self.swap_from is None and self.swap_before:
+            raise ValueError("swap_before needs swap_from (a recorded sampling run)")
+        if self.forward_before and self.swap_from is not None:
+            raise ValueError("forward replacement and a ground-truth swap cannot be combined")
+        if self.forward_noise is not None and not self.forward_before:
+            raise ValueError("forward_noise needs forward_before > 0")
+        if self.labels is not None and self.class_seed is not None:
+            raise ValueError("labels and class_seed cannot be combined")
+        if self.reconstruction and not self.inversion:
+            raise ValueError("reconstruction needs inversion (set reconstruction=False)")
+        if self.schedule_dtype not in (None, "float32", "float16"):
+            raise ValueError(f"schedule_dtype must be float32 or float16, got {self.schedule_dtype!r}")
+        precision_lib.check(self.precision)
+
+
+def identity(s: RunSettings, n: int, model_fingerprint: str) -> dict:
+    """The JSON dict that identifies a run of ``n`` samples (resolved) on a model with this fingerprint."""
+
+    def digest(a):
+        return None if a is None else array_digest(a, n)
+
+    swap = None
+    if s.swap_from is not None:
+        swap = {"run": s.swap_from.fingerprint, "before": s.swap_before, "type": s.swap_type}
+    forward = None
+    if s.forward_before:
+        forward = {"before": s.forward_before, "level": s.forward_level,
+                   "noise": digest(s.forward_noise) if s.forward_noise is not None else f"seed:{s.forward_seed}"}
+    return dict(
+        model=model_fingerprint, n=int(n), steps=int(s.steps), seed=int(s.seed), noise=digest(s.noise),
+        samples=digest(s.samples), labels=digest(s.labels), prompt_embeds=digest(s.prompt_embeds),
+        class_seed=s.class_seed, noises_per_class=s.noises_per_class if s.class_seed is not None else None,
+        guidance=float(s.guidance), forward=forward, swap=swap, precision=s.precision,
+        schedule_dtype=s.schedule_dtype, record=bool(s.record), inversion=bool(s.inversion),
+        reconstruction=bool(s.reconstruction and s.inversion))
+
+
+def serves(have: dict, want: dict) -> bool:
+    """Whether a finished run with identity ``have`` holds everything a run with identity ``want`` would write
+    (same identity except that it may have recorded / inverted / reconstructed more)."""
+    core = lambda d: {k: v for k, v in d.items() if k not in OUTPUT_FLAGS}  # noqa: E731
+    return core(have) == core(want) and all(have[k] or not want[k] for k in OUTPUT_FLAGS)
+
+
+def folder_name(s: RunSettings, n: int, fingerprint: str) -> str:
+    """A readable folder name naming every setting that changes outputs, ending in the run fingerprint."""
+    parts = [f"T{s.steps}", f"n{n}", f"seed{s.seed}"]
+    given = [k for k in ("noise", "samples", "labels", "prompt_embeds") if getattr(s, k) is not None]
+    parts += [f"{k.replace('_', '')}-given" for k in given]
+    if s.class_seed is not None:
+        parts.append(f"cseed{s.class_seed}x{s.noises_per_class}")
+    if s.guidance != 1.0:
+        parts.append(f"cfg{s.guidance:g}")
+    if s.forward_before:
+        noise = "given" if s.forward_noise is not None else f"s{s.forward_seed}"
+        parts.append(f"fwd{s.forward_before}-{s.forward_level}-{noise}")
+    if s.swap_from is not None:
+        parts.append(f"swap-{s.swap_type}{s.swap_before}")
+    if s.precision != "float32":
+        parts.append(s.precision)
+    if s.schedule_dtype == "float16":
+        parts.append("sched16")
+    if s.record:
+        parts.append("rec")
+    if not s.inversion:
+        parts.append("noinv")
+    elif not s.reconstruction:
+        parts.append("norecon")
+    return "_".join(parts) + "_" + fingerprint[:10]
