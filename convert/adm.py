@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv1d_as_dense, conv2d, dense,
                             eval_shapes, fail, identity, load_state_dict, read_flags_file)
+from jtaba.cli import HelpFormatter
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models.adm import FLAG_DEFAULTS, PRESETS, SAMPLING_FLAGS, Config, Network, upstream_flags
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     releases = "\n".join(f"  {name:7s} {url}" for name, url in RELEASES.items())
     p = argparse.ArgumentParser(
         prog="python convert/adm.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Convert a guided-diffusion (ADM) UNet checkpoint (torch state dict) to a jtaba checkpoint "
                     "(DIR/config.json + DIR/params).",
         epilog="Released checkpoints used by the paper (OpenAI, improved-/guided-diffusion):\n" + releases +

@@ -25,6 +25,7 @@ import numpy as np
 from convert.autoencoders import convert_autoencoder_kl
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
                             identity, load_state_dict, to_numpy)
+from jtaba.cli import HelpFormatter
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import dit
@@ -212,7 +213,7 @@ def convert_vae(folder: str) -> tuple[dict, dict]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python convert/dit.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Convert a DiT (class-conditional latent transformer) and its AutoencoderKL into a jtaba "
                     "checkpoint: DIR (family dit) + DIR/decoder (family vae).",
         epilog="Examples:\n"

@@ -47,6 +47,7 @@ import numpy as np
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, eval_shapes, fail,
                             load_state_dict)
 from convert.diffusers_keys import diffusers_rules
+from jtaba.cli import HelpFormatter
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import if_unet
@@ -258,7 +259,7 @@ def convert_folder(folder: str, param_dtype: str) -> tuple[dict, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/if.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python convert/if.py", formatter_class=HelpFormatter,
         description="Convert DeepFloyd IF stage I (UNet + schedule) into a jtaba checkpoint and compute T5 prompt "
                     "embeddings (the empty prompt always; --prompts optionally).",
         epilog=f"Examples:\n  python convert/if.py --src {IF_HUB_ID} --out ckpt/if --prompts prompts.txt\n"

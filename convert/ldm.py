@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from convert.common import ConversionError, add_common_args, apply_rules, eval_shapes, fail, load_state_dict
 from convert.diffusers_keys import diffusers_rules, rename_deprecated_attention
+from jtaba.cli import HelpFormatter
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import unet2d, vq
@@ -101,7 +102,7 @@ def convert_vq_folder(folder: str) -> tuple[dict, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/ldm.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python convert/ldm.py", formatter_class=HelpFormatter,
         description="Convert the LDM CelebA-HQ pipeline (UNet2DModel + VQModel + DDIM schedule) into jtaba "
                     "checkpoints: DIR (family unet2d) and DIR/decoder (family vq).",
         epilog=f"Examples:\n  python convert/ldm.py --src {HUB_ID} --out ckpt/ldm\n"

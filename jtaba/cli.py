@@ -16,7 +16,11 @@ SLOW_CPU_PASSES = 200_000
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, every flag's default shown."""
+    """The module docstring as written; every flag's default shown ("(default: X)" unless its help states it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default" in text else super()._get_help_string(action)
 
 
 def parser(prog: str, description: str | None) -> argparse.ArgumentParser:

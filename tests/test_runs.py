@@ -99,11 +99,15 @@ def test_named_models(tmp_path, monkeypatch):
     assert home.available() == ["default", "tiny"] and home.resolve("tiny").tag == "tiny"
 
 
-def experiment_modules():
-    return [importlib.import_module(f"experiments.{m.name}") for m in pkgutil.iter_modules(experiments.__path__)]
+def command_modules():
+    """Every experiment and converter module (each has ``build_parser``)."""
+    import convert
+
+    return [importlib.import_module(f"{pkg.__name__}.{m.name}") for pkg in (experiments, convert)
+            for m in pkgutil.iter_modules(pkg.__path__) if m.name not in ("common", "diffusers_keys", "autoencoders")]
 
 
-@pytest.mark.parametrize("module", experiment_modules(), ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", command_modules(), ids=lambda m: m.__name__)
 def test_every_command_uses_kebab_flags_with_defaults_and_help(module):
     parser = module.build_parser()
     for action in parser._actions:

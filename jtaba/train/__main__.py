@@ -11,17 +11,10 @@ import os
 import shlex
 import sys
 
+from jtaba.cli import HelpFormatter
 from jtaba.train.presets import PRESETS, get_preset
 
 PROG = "python -m jtaba.train"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" to a flag's help unless the help already states its default."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        return text if "default" in text else super()._get_help_string(action)
 
 
 def rename_deprecated_flags(parser: argparse.ArgumentParser, argv=None, *, note: bool = True) -> list[str]:

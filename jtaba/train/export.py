@@ -20,7 +20,8 @@ from jtaba.diffusion import DiffusionConfig
 from jtaba.model import Model, build
 from jtaba.models import adm
 from jtaba.sharding import data_mesh
-from jtaba.train.__main__ import HelpFormatter, rename_deprecated_flags
+from jtaba.cli import HelpFormatter
+from jtaba.train.__main__ import rename_deprecated_flags
 from jtaba.train.loop import abstract_state
 from jtaba.train.run_checkpoints import RunCheckpoints, require_run_config, saved_steps
 
