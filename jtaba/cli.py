@@ -89,7 +89,7 @@ def entry_point(main: Callable) -> Callable:
             print("\ninterrupted: finished chunks are kept; run the same command again to resume",
                   file=sys.stderr, flush=True)
             raise SystemExit(130) from None
-        except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        except (ValueError, OSError) as e:
             if os.environ.get("JTABA_DEBUG"):  # the whole traceback, for bug reports
                 raise
             raise SystemExit(f"error: {e}") from None

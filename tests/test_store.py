@@ -86,3 +86,46 @@ def test_finalize_refuses_missing_samples_and_checks_chunk_sizes(tmp_path):
         st.finalize()
     with pytest.raises(ValueError, match="all_t_samples"):
         st.write(4, 6, {"all_t_samples": np.zeros((2, 3, 1))})
+
+
+def test_bad_chunks_are_named_and_recomputed(tmp_path, capsys):
+    d = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        run(d, 3, stop_after=3)
+    chunks = sorted(os.listdir(os.path.join(d, store.CHUNKS)))
+    first, second, third = (os.path.join(d, store.CHUNKS, c, "samples.npy") for c in chunks)
+    with open(first, "r+b") as f:  # truncated
+        f.truncate(100)
+    with open(second, "r+b") as f:  # one flipped byte, same size
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    os.remove(os.path.join(os.path.dirname(third), store.CHUNK_INDEX))  # a chunk from before the index existed
+    st = store.RunStore(d, PARAMS, N)
+    err = capsys.readouterr().err
+    assert err.count("is bad") == 3 and "bytes" in err and "checksum" in err and store.CHUNK_INDEX in err
+    assert not st.done_mask().any()
+    st.close()
+    ref = str(tmp_path / "ref")
+    run(ref, 3)
+    run(d, 3)
+    assert files(d) == files(ref)
+
+
+def test_final_files_are_checked_and_the_folder_is_locked(tmp_path):
+    d = str(tmp_path / "run")
+    run(d, 4)
+    store.RunStore(d, PARAMS, N).verify()
+    with open(os.path.join(d, "samples.npy"), "r+b") as f:
+        f.truncate(64)
+    with pytest.raises(store.RunMismatch, match="damaged"):
+        store.RunStore(d, PARAMS, N)
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    with open(os.path.join(other, store.LOCK), "w") as f:
+        f.write("1 some-other-host")
+    with pytest.raises(store.RunMismatch, match="in use by process 1 on some-other-host"):
+        store.RunStore(other, PARAMS, N)
+    with pytest.raises(store.RunMismatch, match="is a file"):
+        store.RunStore(os.path.join(d, "samples.npy"), PARAMS, N)

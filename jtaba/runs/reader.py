@@ -33,6 +33,7 @@ class Run:
         if not m.get("complete"):
             raise RunNotFinished(f"{self.path}: the run is not finished; rerun its command to resume it")
         self.identity: dict = m["params"]
+        self.files: dict = m.get("files", {})
         self.n: int = int(m["n"])
         self.fingerprint = settings_digest(self.identity)
 
@@ -54,6 +55,16 @@ class Run:
 
     def get(self, name: str) -> Optional[np.ndarray]:
         return self[name] if name in self else None
+
+    def verify(self) -> None:
+        """Re-hash every final file against the sizes and checksums recorded when it was written."""
+        from jtaba.runs.store import file_record
+
+        for name, rec in self.files.items():
+            path = os.path.join(self.path, name)
+            if not os.path.exists(path) or file_record(path) != rec:
+                raise RunNotFinished(f"{path} is missing or changed since it was written (size / checksum); delete "
+                                     f"{self.path} to compute the run again")
 
     @property
     def metrics(self) -> dict:

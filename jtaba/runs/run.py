@@ -271,15 +271,19 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
         out = os.path.join(root, tag, "sample_invert", folder_name(settings, n, settings_digest(ident)))
     out = os.path.abspath(out)
     st, done = _open_store(out, ident, n)
-    if not done.all():
-        model = precision_lib.with_precision(model, settings.precision)
-        with precision_lib.scope(settings.precision):
-            _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh())
-    if jax.process_index() == 0:
-        st.finalize()
-        result = Run(out)
-        if not os.path.exists(os.path.join(out, METRICS)):
-            _write_metrics(result, ident, command, model.decoder is not None)
+    try:
+        if not done.all():
+            model = precision_lib.with_precision(model, settings.precision)
+            with precision_lib.scope(settings.precision):
+                _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh())
+        if jax.process_index() == 0:
+            st.finalize()
+            result = Run(out)
+            if not os.path.exists(os.path.join(out, METRICS)):
+                _write_metrics(result, ident, command, model.decoder is not None)
+    finally:
+        if st is not None:
+            st.close()
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jtaba.runs.run finalized")
     try:
