@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` imp
 import jax
 import jax.numpy as jnp
 
+from convert.common import staged_output
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv1d_as_dense, conv2d, dense,
                             eval_shapes, fail, identity, load_state_dict, read_flags_file)
 from jtaba.cli import HelpFormatter
@@ -110,18 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    flags = PRESETS[args.model] if args.model else read_flags_file(args.flags)
-    try:
-        state = load_state_dict(args.src)
-    except Exception as e:  # torch.load raises RuntimeError / UnpicklingError / OSError on bad files
-        fail(f"cannot read {args.src}: {type(e).__name__}: {e}")
-    try:
-        config_dict, params = convert(state, flags, source_name=args.src)
-    except (ConversionError, ValueError) as e:
-        fail(str(e))
-    del state
-    save_checkpoint(args.out, config_dict, params)
-    print(f"wrote {args.out} (adm, {config_dict['model']['image_size']}px)")
+    with staged_output(args):
+        flags = PRESETS[args.model] if args.model else read_flags_file(args.flags)
+        try:
+            state = load_state_dict(args.src)
+        except Exception as e:  # torch.load raises RuntimeError / UnpicklingError / OSError on bad files
+            fail(f"cannot read {args.src}: {type(e).__name__}: {e}")
+        try:
+            config_dict, params = convert(state, flags, source_name=args.src)
+        except (ConversionError, ValueError) as e:
+            fail(str(e))
+        del state
+        save_checkpoint(args.out, config_dict, params)
+        print(f"converted (adm, {config_dict['model']['image_size']}px)")
 
 
 if __name__ == "__main__":

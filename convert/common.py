@@ -7,11 +7,13 @@ A converter describes its mapping as ``rules``: flat Flax path (tuple of str) ->
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -199,3 +201,37 @@ def fail(msg: str) -> "NoReturn":  # noqa: F821
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory for the jtaba checkpoint (config.json + params)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint (or anything else) already in --out; without it a non-empty --out is "
+                        "refused before any weights are read")
+
+
+@contextlib.contextmanager
+def staged_output(args: argparse.Namespace) -> Iterator[None]:
+    """Refuse a non-empty ``args.out`` without ``args.overwrite`` (before any work), let the converter write into a
+    staging folder beside it (``args.out`` points there meanwhile), and rename it into place only when the whole
+    conversion succeeded: a failed or killed conversion leaves the old checkpoint as it was."""
+    final = os.path.abspath(args.out)
+    if os.path.exists(final) and not os.path.isdir(final):
+        fail(f"--out {final} is a file, not a folder")
+    if os.path.isdir(final) and os.listdir(final) and not args.overwrite:
+        fail(f"--out {final} is not empty (it holds {', '.join(sorted(os.listdir(final))[:4])}); pass --overwrite "
+             f"to replace it, or choose another --out")
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        fail(f"--out {final}: {parent} is not writable")
+    staging = f"{final}.converting-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    args.out = staging
+    try:
+        yield
+        old = f"{final}.replaced-{os.getpid()}"
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+        print(f"wrote {final}")
+    finally:
+        args.out = final
+        shutil.rmtree(staging, ignore_errors=True)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from convert.autoencoders import convert_autoencoder_kl
+from convert.common import staged_output
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
                             identity, load_state_dict, to_numpy)
 from jtaba.cli import HelpFormatter
@@ -277,30 +278,31 @@ def resolve_source(args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    source = resolve_source(args)
-    extras = source["extras"]
-    try:
-        vae_config, vae_params = convert_vae(resolve_vae(source["vae"]))  # small; its errors come first
-        if "pt" in source:
-            state = load_state_dict(source["pt"])
-            kwargs = facebook_input_size(state, _facebook_flags(args.flags))
-            config, params = convert_facebook(state, kwargs, source_name=source["pt"])
-            extras["facebook_kwargs"] = kwargs
-        else:
-            tdir = source["transformer"]
-            state = load_state_dict(tdir)
-            config, params = convert_diffusers(state, _read_json(os.path.join(tdir, "config.json")),
-                                               source_name=tdir)
-        del state
-        diffusion = DiffusionConfig.from_diffusers_scheduler(source["scheduler"], learned_sigma=config.learn_sigma)
-    except (ConversionError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    save_checkpoint(args.out, {"family": "dit", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
-                               "extras": extras}, params)
-    del params
-    save_checkpoint(os.path.join(args.out, "decoder"), vae_config, vae_params)
-    print(f"wrote {args.out} (dit, {config.input_size}x{config.input_size} latents, depth {config.depth}) "
-          f"and {os.path.join(args.out, 'decoder')} (vae)")
+    with staged_output(args):
+        source = resolve_source(args)
+        extras = source["extras"]
+        try:
+            vae_config, vae_params = convert_vae(resolve_vae(source["vae"]))  # small; its errors come first
+            if "pt" in source:
+                state = load_state_dict(source["pt"])
+                kwargs = facebook_input_size(state, _facebook_flags(args.flags))
+                config, params = convert_facebook(state, kwargs, source_name=source["pt"])
+                extras["facebook_kwargs"] = kwargs
+            else:
+                tdir = source["transformer"]
+                state = load_state_dict(tdir)
+                config, params = convert_diffusers(state, _read_json(os.path.join(tdir, "config.json")),
+                                                   source_name=tdir)
+            del state
+            diffusion = DiffusionConfig.from_diffusers_scheduler(source["scheduler"], learned_sigma=config.learn_sigma)
+        except (ConversionError, ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        save_checkpoint(args.out, {"family": "dit", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
+                                   "extras": extras}, params)
+        del params
+        save_checkpoint(os.path.join(args.out, "decoder"), vae_config, vae_params)
+        print(f"converted (dit, {config.input_size}x{config.input_size} latents, depth {config.depth}) "
+              f"and {os.path.join(args.out, 'decoder')} (vae)")
 
 
 if __name__ == "__main__":

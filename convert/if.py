@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from convert.common import staged_output
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, eval_shapes, fail,
                             load_state_dict)
 from convert.diffusers_keys import diffusers_rules
@@ -282,39 +283,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    require_text_encoder_deps()  # checked first: the T5 step comes after the long UNet conversion
-    if args.prompts and not os.path.exists(args.prompts):
-        fail(f"--prompts {args.prompts}: no such file")
-    local = os.path.isdir(args.src)
-    if not local and os.path.exists(args.src):
-        fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ scheduler/)")
-    try:
-        folder = args.src if local else fetch_unet(args.src)
-        config_dict, params = convert_folder(folder, args.param_dtype)
-    except (ConversionError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    config_dict["extras"] = {"source": args.src, "param_dtype": args.param_dtype, "null_prompt": "null_prompt.npy",
-                             "text_encoder": args.text_encoder or args.src, "encoder_dtype": args.encoder_dtype,
-                             "max_length": MAX_LENGTH}
-    save_checkpoint(args.out, config_dict, params)
-    del params
-    gc.collect()
-    print(f"wrote {args.out} (if_unet, {config_dict['model']['block_out_channels']} channels, "
-          f"params {args.param_dtype})")
+    with staged_output(args):
+        require_text_encoder_deps()  # checked first: the T5 step comes after the long UNet conversion
+        if args.prompts and not os.path.exists(args.prompts):
+            fail(f"--prompts {args.prompts}: no such file")
+        local = os.path.isdir(args.src)
+        if not local and os.path.exists(args.src):
+            fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ scheduler/)")
+        try:
+            folder = args.src if local else fetch_unet(args.src)
+            config_dict, params = convert_folder(folder, args.param_dtype)
+        except (ConversionError, ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        config_dict["extras"] = {"source": args.src, "param_dtype": args.param_dtype, "null_prompt": "null_prompt.npy",
+                                 "text_encoder": args.text_encoder or args.src, "encoder_dtype": args.encoder_dtype,
+                                 "max_length": MAX_LENGTH}
+        save_checkpoint(args.out, config_dict, params)
+        del params
+        gc.collect()
+        print(f"converted (if_unet, {config_dict['model']['block_out_channels']} channels, "
+              f"params {args.param_dtype})")
 
-    import torch
+        import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    enc_src = args.text_encoder or args.src
-    flat_folder = os.path.isdir(enc_src) and not os.path.isdir(os.path.join(enc_src, "text_encoder"))
-    encode = t5_encoder(enc_src, device, args.encoder_dtype, subfolder=not flat_folder)
-    print(f"wrote {write_null_prompt(args.out, encode)}")
-    if args.prompts:
-        name = os.path.splitext(os.path.basename(args.prompts))[0]
-        meta = {"text_encoder": enc_src, "encoder_dtype": args.encoder_dtype, "max_length": MAX_LENGTH,
-                "preprocess": "lower().strip() (clean_caption=False)"}
-        path = write_prompt_set(args.out, name, read_prompts(args.prompts), encode, meta, args.batch_size)
-        print(f"wrote {path}")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        enc_src = args.text_encoder or args.src
+        flat_folder = os.path.isdir(enc_src) and not os.path.isdir(os.path.join(enc_src, "text_encoder"))
+        encode = t5_encoder(enc_src, device, args.encoder_dtype, subfolder=not flat_folder)
+        print(f"wrote {write_null_prompt(args.out, encode)}")
+        if args.prompts:
+            name = os.path.splitext(os.path.basename(args.prompts))[0]
+            meta = {"text_encoder": enc_src, "encoder_dtype": args.encoder_dtype, "max_length": MAX_LENGTH,
+                    "preprocess": "lower().strip() (clean_caption=False)"}
+            path = write_prompt_set(args.out, name, read_prompts(args.prompts), encode, meta, args.batch_size)
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` imp
 import jax
 import jax.numpy as jnp
 
+from convert.common import staged_output
 from convert.common import ConversionError, add_common_args, apply_rules, eval_shapes, fail, load_state_dict
 from convert.diffusers_keys import diffusers_rules, rename_deprecated_attention
 from jtaba.cli import HelpFormatter
@@ -115,23 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if os.path.exists(args.src) and not os.path.isdir(args.src):
-        fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ vqvae/ scheduler/)")
-    folder = args.src if os.path.isdir(args.src) else fetch(args.src)
-    decoder_dir = os.path.join(args.out, "decoder")
-    try:  # one model in memory at a time
-        for name in CONFIGS:  # all present before anything is written
-            _read_json(os.path.join(folder, name))
-        unet_ckpt, params = convert_unet_folder(folder)
-        unet_ckpt["extras"]["source"] = args.src
-        save_checkpoint(args.out, unet_ckpt, params)
-        del params
-        vq_ckpt, params = convert_vq_folder(folder)
-        vq_ckpt["extras"]["source"] = args.src
-        save_checkpoint(decoder_dir, vq_ckpt, params)
-    except (ConversionError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    print(f"wrote {args.out} (unet2d, {unet_ckpt['model']['block_out_channels']} channels) and {decoder_dir} (vq)")
+    with staged_output(args):
+        if os.path.exists(args.src) and not os.path.isdir(args.src):
+            fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ vqvae/ scheduler/)")
+        folder = args.src if os.path.isdir(args.src) else fetch(args.src)
+        decoder_dir = os.path.join(args.out, "decoder")
+        try:  # one model in memory at a time
+            for name in CONFIGS:  # all present before anything is written
+                _read_json(os.path.join(folder, name))
+            unet_ckpt, params = convert_unet_folder(folder)
+            unet_ckpt["extras"]["source"] = args.src
+            save_checkpoint(args.out, unet_ckpt, params)
+            del params
+            vq_ckpt, params = convert_vq_folder(folder)
+            vq_ckpt["extras"]["source"] = args.src
+            save_checkpoint(decoder_dir, vq_ckpt, params)
+        except (ConversionError, ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        print(f"converted (unet2d, {unet_ckpt['model']['block_out_channels']} channels) and {decoder_dir} (vq)")
 
 
 if __name__ == "__main__":

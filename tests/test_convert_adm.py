@@ -117,6 +117,20 @@ def test_cli_roundtrip(tmp_path):
     assert err < 5e-5
     assert set(flatten(params)) == set(flatten(reference_params))
 
+    # a second conversion into the same --out is refused before any weights are read, and kept intact
+    argv = ["--flags", golden_path("adm", name, "config.json"), "--src", str(tmp_path / "missing.pt"), "--out", out_dir]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert read_config(out_dir) == config_dict
+    # with --overwrite a failing conversion still leaves the old checkpoint whole (staged, renamed at the end)
+    with pytest.raises(SystemExit):
+        main([*argv, "--overwrite"])
+    assert read_config(out_dir) == config_dict and os.listdir(tmp_path) == ["ckpt"]
+    with open(os.path.join(out_dir, "stale.txt"), "w") as f:
+        f.write("left by an older conversion")
+    main([*argv[:3], golden_path("adm", name, "model.pt"), *argv[4:], "--overwrite"])
+    assert not os.path.exists(os.path.join(out_dir, "stale.txt")) and read_config(out_dir) == config_dict
+
 
 def test_cli_bad_file_exits_with_message(tmp_path):
     bad = tmp_path / "bad.pt"
