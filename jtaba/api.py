@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtaba import engine
+from jtaba import precision as precision_lib
 from jtaba.noise import normal_per_index
 from jtaba.model import Model
 
@@ -79,25 +80,36 @@ def _spec(model: Model, steps: int, invert: bool, **kw) -> engine.LoopSpec:
     return engine.LoopSpec(network=model.network, diffusion=model.diffusion, steps=steps, invert=invert, **kw)
 
 
+def _precise(model: Model, precision: Optional[str]) -> tuple[Model, str]:
+    """The model computing at ``precision`` (default: "bfloat16" for a bfloat16 network, else "float32")."""
+    p = precision or ("bfloat16" if model.network.dtype == jnp.bfloat16 else "float32")
+    return precision_lib.with_precision(model, p), p
+
+
 def _trajectory(x, rec) -> Trajectory:
     if rec is None:
         return Trajectory(_nchw(x))
     return Trajectory(_nchw(x), _nchw(rec.xs), _nchw(rec.eps), _nchw(rec.x0))
 
 
-def sample(model: Model, noise, *, steps: int, cond=None, guidance=1.0, record: bool = False) -> Trajectory:
+def sample(model: Model, noise, *, steps: int, cond=None, guidance=1.0, record: bool = False,
+           precision: Optional[str] = None) -> Trajectory:
     """DDIM sampling (η = 0) from ``noise`` (B, C, H, W) with ``steps`` steps. ``cond``: class labels (B,) int or
-    prompt embeddings (B, L, D); ``guidance`` ≠ 1 enables classifier-free guidance (traced: no recompile per value)."""
+    prompt embeddings (B, L, D); ``guidance`` ≠ 1 enables classifier-free guidance (traced: no recompile per value).
+    ``precision``: "float32" (matmuls / convolutions at precision highest: a GPU gives a CPU's numbers), "tf32" or
+    "bfloat16" (``jtaba.precision``); default: the model's compute dtype ("bfloat16" or "float32")."""
     _check(model, "noise", noise)
+    model, precision = _precise(model, precision)
     cond, null, guided = _cond(model, cond, noise.shape[0], guidance)
     spec = _spec(model, steps, False, record=record, guided=guided)
-    x, rec = engine.run_loop(spec, model.params, _nhwc(noise), cond, null, guidance)
+    with precision_lib.scope(precision):
+        x, rec = engine.run_loop(spec, model.params, _nhwc(noise), cond, null, guidance)
     return _trajectory(x, rec)
 
 
 def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool = False, forward_before: int = 0,
            forward_noise=None, forward_key=None, forward_level: str = "exact",
-           swap: Optional[Swap] = None) -> Trajectory:
+           swap: Optional[Swap] = None, precision: Optional[str] = None) -> Trajectory:
     """DDIM inversion of clean samples ``x`` (B, C, H, W) to latents, in the model's convention (ADM: network at
     the source index, last step to ᾱ = 0; diffusers: network at the target label).
 
@@ -105,8 +117,10 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
     ``forward_noise`` (like x) or noise drawn from ``forward_key`` per sample position (``jtaba.noise``, so a row's
     noise does not depend on the batch); ``forward_level`` "exact"
     (the level K inversion steps reach) or "upstream" (taba's diffusers-path level, one step further; same as exact
-    for ADM). ``swap`` replaces the first K steps' ε or x_t with ground truth (see ``Swap``)."""
+    for ADM). ``swap`` replaces the first K steps' ε or x_t with ground truth (see ``Swap``). ``precision`` as in
+    ``sample``."""
     _check(model, "x", x)
+    model, precision = _precise(model, precision)
     B, T = x.shape[0], steps
     if not isinstance(forward_before, (int, np.integer)) or not 0 <= forward_before <= T:
         raise ValueError(f"forward_before must be an int in [0, steps={T}], got {forward_before!r}")
@@ -137,19 +151,22 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
         swap_src = _nhwc(jnp.asarray(swap_src, jnp.float32))
     spec = _spec(model, steps, True, record=record, guided=guided, swap_kind=swap_kind, swap_before=swap_before,
                  forward=forward, forward_level=forward_level)
-    out, rec = engine.run_loop(spec, model.params, _nhwc(x), cond, null, guidance, forward_before,
-                               forward_noise, swap_src)
+    with precision_lib.scope(precision):
+        out, rec = engine.run_loop(spec, model.params, _nhwc(x), cond, null, guidance, forward_before,
+                                   forward_noise, swap_src)
     return _trajectory(out, rec)
 
 
-def decode(model: Model, z) -> jax.Array:
+def decode(model: Model, z, precision: Optional[str] = None) -> jax.Array:
     """Decode diffusion-space latents (B, C, h, w) of a latent model to images (B, 3, H, W) (not clamped):
-    ``decoder.decode(z · (1/scaling_factor))`` (VQ models re-quantize; scaling 1)."""
+    ``decoder.decode(z · (1/scaling_factor))`` (VQ models re-quantize; scaling 1). ``precision`` as in ``sample``."""
     if model.decoder is None:
         raise ValueError(f"this {model.family} model works in pixel space: there is nothing to decode")
+    model, precision = _precise(model, precision)
     dec = model.decoder
     scale = float(getattr(dec.config, "scaling_factor", 1.0))
-    images = _decode_fn(dec.network)(dec.params, _nhwc(z) * (1.0 / scale))
+    with precision_lib.scope(precision):
+        images = _decode_fn(dec.network)(dec.params, _nhwc(z) * (1.0 / scale))
     return _nchw(images)
 
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jtaba import engine, io, precision as precision_lib, sharding
+from jtaba import engine, io, sharding
 from jtaba import noise as noise_lib
 from jtaba.api import Swap, decode, invert, sample
 from jtaba.model import Model, replicate
@@ -163,7 +163,7 @@ def _batch(model: Model, s: RunSettings, inputs: _Inputs, put, start: int, stop:
         res["conds"] = (cond, 0)
     elif inputs.prompts is not None:
         cond = put(inputs.prompts[start:stop])
-    kw = dict(steps=s.steps, cond=cond, guidance=s.guidance, record=s.record)
+    kw = dict(steps=s.steps, cond=cond, guidance=s.guidance, record=s.record, precision=s.precision)
 
     def keep(suffix, traj):
         res[suffix] = (traj.x, 0)
@@ -189,9 +189,9 @@ def _batch(model: Model, s: RunSettings, inputs: _Inputs, put, start: int, stop:
         if s.reconstruction:
             keep("samples2", sample(model, res["latents"][0], **kw))
     if model.decoder is not None:
-        res["decoded_samples"] = (decode(model, x), 0)
+        res["decoded_samples"] = (decode(model, x, s.precision), 0)
         if "samples2" in res:
-            res["decoded_samples2"] = (decode(model, res["samples2"][0]), 0)
+            res["decoded_samples2"] = (decode(model, res["samples2"][0], s.precision), 0)
     return res
 
 
@@ -273,9 +273,7 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
     st, done = _open_store(out, ident, n)
     try:
         if not done.all():
-            model = precision_lib.with_precision(model, settings.precision)
-            with precision_lib.scope(settings.precision):
-                _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh())
+            _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh())
         if jax.process_index() == 0:
             st.finalize()
             result = Run(out)
