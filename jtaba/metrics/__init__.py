@@ -5,6 +5,7 @@ One concept per module: distribution (KL, stats, MAE, variance), correlation (to
 (angles, distances, most probable triangle), assignment (L2 nearest assignment), plain (plain-surface masks),
 interpolation (SLERP / lerp, trajectory-vs-interpolation distances), core (metrics.json).
 """
+from jtaba.metrics.approximation import approximation_errors, early_rest_sums, early_steps
 from jtaba.metrics.assignment import (assignment_accuracy, assignment_accuracy_divs, mse_distance_matrix,
                                       nearest_indices)
 from jtaba.metrics.core import core_metrics
@@ -14,3 +15,6 @@ from jtaba.metrics.interpolation import interpolation_distances, lerp, min_max_s
 from jtaba.metrics.plain import find_plain_areas, masked_mean_std, plain_stats
 from jtaba.metrics.triangles import (Triangle, angle_histogram, calc_angles, calc_distances, find_max_prob_triangle,
                                      most_probable_triangle, vertex_angles)
+from jtaba.metrics.normality import normality_counts, qq_quantiles, shapiro_normality, shapiro_p_values
+from jtaba.metrics.attractors import attractor_counts, lowest_variance, most_attractive, sample_variances
+from jtaba.metrics.trajectory import closer_to_noise, closer_to_noise_fraction
