@@ -57,11 +57,11 @@ import jax.numpy as jnp
 import jtaba
 from jtaba import compilation_cache, engine
 from jtaba.diffusion import DiffusionConfig
+from jtaba import home, precision as precision_lib
+from jtaba.cli import HelpFormatter
 from jtaba.model import Model, build
+from jtaba.precision import PRECISIONS
 
-PRECISIONS = ("float32", "tf32", "bfloat16")
-# jax_default_matmul_precision per --dtype (float32 = the original code's numbers, also on GPUs).
-MATMUL_PRECISION = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "default"}
 
 # Dense peak TFLOP/s by device kind (substring of jax's device_kind, most specific first) and precision.
 PEAK_TFLOPS = {
@@ -72,7 +72,7 @@ PEAK_TFLOPS = {
 }
 
 ARCHS = ("adm32", "adm64", "adm256", "dit-xl2", "dit-s2")
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(jtaba.__file__)), "assets", "default")
+DEFAULT_MODEL = home.default_model_dir()
 
 DIT_HUB_DDIM = dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000,
                     clip_sample=False, set_alpha_to_one=True, steps_offset=0)
@@ -82,10 +82,6 @@ DIT_S2 = dict(DIT_XL2, hidden_size=384, depth=12, num_heads=6)
 
 
 # ----------------------------------------------------------------------------------------------------- models
-def compute_dtype(precision: str):
-    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-
-
 def random_model(arch: str, precision: str) -> Model:
     """A paper architecture with random weights (params float32, network computing in ``precision``'s dtype)."""
     if arch.startswith("adm"):
@@ -98,7 +94,7 @@ def random_model(arch: str, precision: str) -> Model:
 
         family, config = "dit", dit.Config.from_facebook({"dit-xl2": DIT_XL2, "dit-s2": DIT_S2}[arch])
         diffusion = DiffusionConfig.from_diffusers_scheduler(DIT_HUB_DDIM, learned_sigma=True)
-    config, net = build(family, config.to_dict(), compute_dtype(precision))
+    config, net = build(family, config.to_dict(), precision_lib.compute_dtype(precision))
     c, h, w = Model(family, config, net, None, diffusion).sample_shape
     cond = jnp.zeros((1,), jnp.int32) if getattr(config, "num_classes", None) else None
     params = jax.jit(lambda k: net.init(k, jnp.zeros((1, h, w, c)), jnp.zeros((1,)), cond)["params"])(
@@ -382,10 +378,10 @@ def configurations(args: argparse.Namespace) -> list[Config]:
 
 
 def run_config(spec: Config, args: argparse.Namespace, peak: Optional[float]) -> dict:
-    with jax.default_matmul_precision(MATMUL_PRECISION[spec.precision]):
+    with precision_lib.scope(spec.precision):
         model = load_model(spec)
         row = {"model": spec.name, "family": model.family, "params": count_params(model.params),
-               "dtype": spec.precision, "matmul_precision": MATMUL_PRECISION[spec.precision], "batch": spec.batch,
+               "dtype": spec.precision, "matmul_precision": precision_lib.MATMUL[spec.precision], "batch": spec.batch,
                "steps": spec.steps}
         row.update(bench_jax(model, spec.batch, spec.steps, args.repeats, not args.no_compilation_cache))
     row["tflops_per_s"], row["mfu"] = throughput(row["flop_per_batch"], 1, row["seconds_per_batch"], peak)
@@ -444,13 +440,9 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines + notes)
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__,
-                                formatter_class=_Formatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--arch", nargs="+", choices=ARCHS, metavar="ARCH",
                    help=f"paper architectures with random weights, any of {', '.join(ARCHS)}; without --arch and "
                         f"--ckpt the built-in default model ({DEFAULT_MODEL})")

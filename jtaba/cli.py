@@ -42,15 +42,18 @@ def model_ref(args: argparse.Namespace) -> home.ModelRef:
 
 def load_model(args: argparse.Namespace):
     """(``jtaba.Model``, short tag for output folders) from ``--model`` / ``--ckpt``."""
+    from jtaba import compilation_cache
     from jtaba.model import load
 
+    if not getattr(args, "no_compilation_cache", False):
+        compilation_cache.enable()
     ref = model_ref(args)
     return load(ref.path), ref.tag
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, n: int | None, steps: int, batch: int, seed: int,
                   n_help: str = "number of samples N") -> None:
-    """--n --steps --batch --seed --precision --runs-dir --no-reuse."""
+    """--n --steps --batch --seed --precision --runs-dir --no-reuse --no-compilation-cache."""
     p.add_argument("--n", type=int, default=n, help=n_help)
     p.add_argument("--steps", type=int, default=steps, help="DDIM steps T of sampling, inversion and reconstruction")
     p.add_argument("--batch", type=int, default=batch,
@@ -65,6 +68,9 @@ def add_run_flags(p: argparse.ArgumentParser, *, n: int | None, steps: int, batc
                         "up: a finished run with the same model, inputs and settings is reused, not recomputed")
     p.add_argument("--no-reuse", action="store_true",
                    help="compute a fresh run even if a finished run with the same settings exists")
+    p.add_argument("--no-compilation-cache", action="store_true",
+                   help="do not keep compiled programs in $JTABA_HOME/compilation_cache (default ~/.cache/jtaba/"
+                        "compilation_cache), where a rerun or the next command on the same shapes finds them")
 
 
 def warn_if_slow(n: int, steps: int, passes: int, what: str = "this command") -> None:

@@ -19,19 +19,16 @@ from typing import Iterator, Optional
 import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
+from jtaba import home
+
 SUBDIR = "compilation_cache"
 HIT_EVENT = "/jax/compilation_cache/cache_hits"
 MISS_EVENT = "/jax/compilation_cache/cache_misses"
 
 
-def jtaba_home() -> str:
-    """``$JTABA_HOME`` or ``~/.cache/jtaba``."""
-    return os.environ.get("JTABA_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "jtaba")
-
-
 def default_directory() -> str:
     """``$JTABA_HOME/compilation_cache`` (default ``~/.cache/jtaba/compilation_cache``)."""
-    return os.path.join(jtaba_home(), SUBDIR)
+    return os.path.join(home.jtaba_home(), SUBDIR)
 
 
 def enable(directory: Optional[str] = None, *, min_compile_time_secs: float = 0.0,

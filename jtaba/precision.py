@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
-_MATMUL = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "default"}
+MATMUL = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "default"}
 
 
 def check(precision: str) -> str:
@@ -31,7 +31,7 @@ def compute_dtype(precision: str):
 @contextlib.contextmanager
 def scope(precision: str):
     """Run (trace and compile) the enclosed JAX code at ``precision``'s matmul / convolution precision."""
-    with jax.default_matmul_precision(_MATMUL[check(precision)]):
+    with jax.default_matmul_precision(MATMUL[check(precision)]):
         yield
 
 

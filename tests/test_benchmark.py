@@ -13,6 +13,7 @@ import pytest
 from experiments import benchmark
 from jtaba import compilation_cache
 from jtaba.diffusion import DiffusionConfig
+from jtaba.precision import compute_dtype
 from jtaba.model import Model, build
 
 
@@ -114,7 +115,7 @@ def tiny_adm(arch: str, precision: str) -> Model:
              "attention_resolutions": "8", "learn_sigma": True}  # attention at 8x8: every block kind
     from jtaba.models import adm
 
-    config, net = build("adm", adm.Config.from_flags(flags).to_dict(), benchmark.compute_dtype(precision))
+    config, net = build("adm", adm.Config.from_flags(flags).to_dict(), compute_dtype(precision))
     params = constant_params(net, jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)))
     return Model("adm", config, net, params, DiffusionConfig.from_adm_flags(flags))
 
@@ -150,7 +151,7 @@ def test_flags_kebab_case_with_defaults_in_help():
             continue
         for opt in action.option_strings:
             assert "_" not in opt, opt
-        assert "%(default)" in formatter._get_help_string(action), action.option_strings
+        assert "default" in formatter._get_help_string(action), action.option_strings
     assert parser.parse_args([]).json is None
     assert parser.parse_args(["--json"]).json == "-"
     assert parser.parse_args(["--json=out.json"]).json == "out.json"

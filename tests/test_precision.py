@@ -2,7 +2,6 @@
 and changes the network's compute dtype; runs record it and a run folder refuses another one."""
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
