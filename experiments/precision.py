@@ -1,0 +1,149 @@
+"""How far tf32 and bfloat16 move the paper's quantities from true float32 on a model: evidence for choosing a
+precision (``jtaba.precision``).
+
+    python -m experiments.precision                                  # built-in model, N = 256, T = 50
+    python -m experiments.precision --model=adm32 --n=2048 --steps=100 --batch=256     # on a GPU
+
+Runs the standard sample -> invert -> reconstruct once per precision (same noise), then per precision against
+float32: the per-sample max |difference| of samples, latents and reconstructions (mean and max over samples), and
+the change of the paper's numbers: latent patch correlation (Tab. 2), KL(noise || latents) (Tab. 9), the angles of
+the noise-sample-latent triangle (acos of the mean cosine, Tab. 3) and the L2 assignment accuracies noise -> image
+and latent -> image (Tab. 8). On a CPU tf32 computes exactly as float32 (its rows are zeros); on GPUs it is
+PyTorch's default for convolutions. Writes precision.json, precision.csv (one row per precision) and precision.png
+(per-sample latent and reconstruction errors; metric changes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+from jtaba import cli, io, plotting
+from jtaba.precision import PRECISIONS
+
+CHOICES = PRECISIONS  # float32 first: the reference
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    n: int = 256
+    steps: int = 50
+    seed: int = 42
+    batch: int = 128
+    precisions: tuple = CHOICES
+
+
+def build_parser():
+    p = cli.parser("python -m experiments.precision", __doc__)
+    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+                           n_help="number of samples N per precision")
+    p.add_argument("--precisions", default=",".join(CHOICES),
+                   help="comma-separated precisions to compare with float32 (float32 is always run)")
+    return p
+
+
+def options_from_args(args) -> Options:
+    chosen = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(CHOICES))
+    if unknown:
+        raise SystemExit(f"--precisions: unknown {unknown}; choose from {', '.join(CHOICES)}")
+    return Options(args.n, args.steps, args.seed, args.batch, tuple(["float32"] + [p for p in chosen if p != "float32"]))
+
+
+def paper_numbers(run) -> dict:
+    """The quantities whose change is reported, from one run's files."""
+    from jtaba.metrics import assignment_accuracy, calc_angles, kl_div, top_k_corr_in_patches
+
+    angles = calc_angles(run["noise"], run["samples"], run["latents"])
+    noise_acc = assignment_accuracy(run["noise"], run["samples"])
+    latent_acc = assignment_accuracy(run["latents"], run["samples"])
+    return {"latent_correlation": top_k_corr_in_patches(run["latents"], 8, 20)["mean"],
+            "kl_noise_latent": kl_div(run["noise"], run["latents"]),
+            "angle_image": angles["mean_cossim_img"], "angle_noise": angles["mean_cossim_noise"],
+            "angle_latent": angles["mean_cossim_latent"],
+            "acc_noise_to_img": noise_acc["noise_to_img"], "acc_latent_to_img": latent_acc["noise_to_img"]}
+
+
+def per_sample_max_abs(a, b) -> np.ndarray:
+    return np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).reshape(len(a), -1).max(axis=1)
+
+
+def compute(ws, opts: Options) -> dict:
+    from jtaba.runs import RunSettings
+
+    runs = {p: ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=p))
+            for p in opts.precisions}
+    ref = runs["float32"]
+    numbers = {p: paper_numbers(r) for p, r in runs.items()}
+    rows, per_sample = [], {}
+    for p, r in runs.items():
+        errs = {k: per_sample_max_abs(r[k], ref[k]) for k in ("samples", "latents", "samples2")}
+        per_sample[p] = {k: v.tolist() for k, v in errs.items()}
+        row = {"precision": p}
+        for k, v in errs.items():
+            row[f"{k}_max_abs_mean"], row[f"{k}_max_abs_max"] = float(v.mean()), float(v.max())
+        row.update({k: v for k, v in numbers[p].items()})
+        row.update({f"delta_{k}": v - numbers["float32"][k] for k, v in numbers[p].items()})
+        rows.append(row)
+    return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed,
+            "runs": {p: r.path for p, r in runs.items()}, "rows": rows, "per_sample": per_sample}
+
+
+def markdown(result: dict) -> str:
+    head = ("| precision | latents max-abs (mean / max) | reconstruction max-abs (mean / max) | Δ correlation | Δ KL | "
+            "Δ angles image / noise / latent (°) | Δ acc noise→img / latent→img |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in result["rows"]:
+        lines.append(f"| {r['precision']} | {r['latents_max_abs_mean']:.2e} / {r['latents_max_abs_max']:.2e} | "
+                     f"{r['samples2_max_abs_mean']:.2e} / {r['samples2_max_abs_max']:.2e} | "
+                     f"{r['delta_latent_correlation']:+.2e} | {r['delta_kl_noise_latent']:+.2e} | "
+                     f"{r['delta_angle_image']:+.3f} / {r['delta_angle_noise']:+.3f} / {r['delta_angle_latent']:+.3f} | "
+                     f"{r['delta_acc_noise_to_img']:+.3f} / {r['delta_acc_latent_to_img']:+.3f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> str:
+    fig, axes = plotting.new_figure(1, 2, size=(5.2, 3.8))
+    others = [r["precision"] for r in result["rows"] if r["precision"] != "float32"]
+    for k, (name, label) in enumerate([("latents", "latents"), ("samples2", "reconstructions")]):
+        ax = axes[0, k]
+        for j, p in enumerate(others):
+            v = np.asarray(result["per_sample"][p][name])
+            ax.plot(np.sort(v), np.linspace(0, 1, len(v)), ls=plotting.LINESTYLES[j], lw=1.5,
+                    label=f"{p} (max {v.max():.1e})")
+        ax.set_xscale("symlog", linthresh=1e-6)
+        ax.set_xlabel(f"per-sample max |{label} - float32 {label}|")
+        ax.set_ylabel("fraction of samples (CDF)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.set_title(plotting.run_title(f"{label} vs float32", result["model"], result["n"], result["steps"]),
+                     fontsize=10)
+    return plotting.save(fig, path)
+
+
+def write_outputs(result: dict, out: str) -> dict:
+    io.write_json(os.path.join(out, "precision.json"), result)
+    io.write_csv(os.path.join(out, "precision.csv"), result["rows"])
+    plot(result, os.path.join(out, "precision.png"))
+    return result
+
+
+@cli.entry_point
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.precision != "float32":
+        raise SystemExit("this analysis runs every precision: choose them with --precisions, not --precision")
+    opts = options_from_args(args)
+    ws = cli.workspace(args)
+    cli.warn_if_slow(opts.n * len(opts.precisions), opts.steps, 3, "precision")
+    out = cli.out_dir(args, ws.tag, "precision", "-".join(opts.precisions))
+    result = write_outputs(compute(ws, opts), out)
+    print(markdown(result))
+    print(f"wrote {out}/precision.json, precision.csv, precision.png")
+    return out
+
+
+if __name__ == "__main__":
+    main()
