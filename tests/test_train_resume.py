@@ -69,6 +69,20 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     logs = [json.loads(line) for line in open(os.path.join(run_b, "log.jsonl"))]
     assert [r["step"] for r in logs][-1] == 4 and all(np.isfinite(r["loss"]) for r in logs)
 
+    # an unreadable newest checkpoint (files lost): named, moved aside, and the run resumes from the previous one
+    import shutil
+
+    run_c = str(tmp_path / "c")
+    shutil.copytree(run_b, run_c)
+    shutil.rmtree(os.path.join(run_c, "4"))
+    for root, _, files in os.walk(os.path.join(run_c, "3", "state")):
+        for f in files:
+            if not f.startswith("_"):
+                os.remove(os.path.join(root, f))
+    c = train(TINY, run_c, progress=False)
+    assert os.path.isdir(os.path.join(run_c, "unreadable-3")) and RunCheckpoints(run_c).all_steps() == [0, 2, 4]
+    _assert_trees_equal(a, c)
+
     model_dir = str(tmp_path / "model")
     assert export_ema(run_b, model_dir) == 4
     cfg = read_config(model_dir)

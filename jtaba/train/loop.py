@@ -82,11 +82,11 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None,
     write_run_config(out_dir, cfg)
     ckpts = RunCheckpoints(out_dir, keep=cfg.keep)
     should_save = parse_save_schedule(cfg.save)
-    latest = ckpts.latest_step()
-    if latest is None:
+    restored = ckpts.restore_newest_readable(abstract_state(cfg, mesh))
+    if restored is None:
         state, data_state = initial_state(cfg, mesh), None
     else:
-        state, data_state = ckpts.restore(latest, abstract_state(cfg, mesh))
+        _, state, data_state = restored
     size = network_for(cfg).config.image_size
     data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
     train_step = make_train_step(cfg, mesh)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -66,7 +68,8 @@ class RunCheckpoints:
 
     def __init__(self, directory: str, keep: int | None = None):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
@@ -91,6 +94,30 @@ class RunCheckpoints:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                   data=ocp.args.JsonRestore()))
         return out["state"], out["data"]
+
+    def restore_newest_readable(self, like: TrainState) -> tuple[int, TrainState, dict] | None:
+        """(step, state, data state) of the newest checkpoint that restores; None when there is none. An unreadable
+        newer checkpoint (truncated, partly deleted) is named on stderr and moved aside to
+        ``unreadable-<step>`` (kept for inspection; the step is trained and saved again)."""
+        steps = sorted(self.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                state, data = self.restore(step, like)
+                return step, state, data
+            except Exception as e:  # orbax / tensorstore raise many types for damaged files
+                cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                src = os.path.join(self.directory, str(step))
+                dst = os.path.join(self.directory, f"unreadable-{step}")
+                print(f"jtaba: checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {cause}); "
+                      f"moved to {dst}, falling back to the previous checkpoint", file=sys.stderr, flush=True)
+                if os.path.isdir(src):
+                    shutil.rmtree(dst, ignore_errors=True)
+                    os.replace(src, dst)
+                self.manager.reload()
+        if steps:
+            raise ValueError(f"no checkpoint of {self.directory} is readable (tried steps {steps}); their folders "
+                             f"were moved to unreadable-<step>")
+        return None
 
     def restore_ema(self, step: int, like: TrainState) -> dict:
         """Only the EMA params of checkpoint ``step`` (``like`` as in ``restore``; only its ``ema_params`` are
