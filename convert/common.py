@@ -187,8 +187,13 @@ def eval_shapes(init_fn: Callable[[], Any]) -> dict[tuple, tuple]:
 
 
 def read_flags_file(path: str) -> dict:
-    with open(path) as f:
-        flags = json.load(f)
+    try:
+        with open(path) as f:
+            flags = json.load(f)
+    except OSError as e:
+        fail(f"--flags {path}: cannot read it ({e.strerror})")
+    except ValueError as e:
+        fail(f"--flags {path}: not valid JSON ({e})")
     if not isinstance(flags, dict):
         raise SystemExit(f"--flags {path}: expected a JSON object")
     return flags.get("flags", flags)

@@ -41,7 +41,14 @@ def read_config(directory: str) -> dict:
 
 def saved_shapes(directory: str) -> Any:
     """The saved params tree as ``jax.ShapeDtypeStruct`` leaves (no data read)."""
-    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(directory), PARAMS_NAME))
+    path = os.path.join(os.path.abspath(directory), PARAMS_NAME)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: missing (a jtaba checkpoint holds config.json and params/)")
+    try:
+        meta = ocp.StandardCheckpointer().metadata(path)
+    except Exception as e:
+        raise ValueError(f"{path}: the checkpoint's params cannot be read ({_cause(e)}); it is damaged or "
+                         f"incomplete: convert or export it again") from e
     tree = meta.item_metadata
     tree = getattr(tree, "tree", tree)
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
@@ -68,4 +75,16 @@ def load_params(directory: str, target: Any = None, dtype: Any = None,
                                   target, sharding(target))
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
-    return ckptr.restore(path, abstract)
+    try:
+        return ckptr.restore(path, abstract)
+    except Exception as e:  # orbax / tensorstore raise many types (often wrapped) for damaged files
+        raise ValueError(f"{path}: the checkpoint's params cannot be read ({_cause(e)}); it is damaged or "
+                         f"incomplete: convert or export it again") from e
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost exception's first line (orbax wraps tensorstore errors several times)."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text[:200]}"

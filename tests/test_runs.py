@@ -128,3 +128,23 @@ def test_experiments_import_only_public_library_modules():
             text = open(os.path.join(root, name)).read()
             assert not internal.search(text), (name, internal.search(text))
             assert ".main([" not in text and "argv=[" not in text, name
+
+
+def test_a_damaged_checkpoint_is_one_line_error(tmp_path):
+    import shutil
+
+    from experiments import triangles
+
+    ckpt = str(tmp_path / "ckpt")
+    shutil.copytree(home.default_model_dir(), ckpt)
+    data = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ckpt, "params")) for f in fs if "/d/" in r + "/"]
+    for path in data:
+        os.remove(path)
+    with pytest.raises(ValueError, match="params cannot be read"):
+        jtaba.load(ckpt)
+    with pytest.raises(SystemExit, match=r"^error: .*params cannot be read") as e:
+        triangles.main(["--ckpt", ckpt, "--runs-dir", str(tmp_path / "runs")])
+    assert "\n" not in str(e.value).strip()
+    shutil.rmtree(os.path.join(ckpt, "params"))
+    with pytest.raises(SystemExit, match="params: missing"):
+        triangles.main(["--ckpt", ckpt, "--runs-dir", str(tmp_path / "runs")])
