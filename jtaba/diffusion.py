@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jtaba.config import ConfigBase
+
 CLIP_MODES = ("none", "clip", "threshold")
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(ConfigBase):
     kind: str  # "adm" | "diffusers"
     beta_schedule: str  # "linear" | "cosine" | "scaled_linear" | "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
@@ -40,20 +42,6 @@ class DiffusionConfig:
         for name in ("sample_clip", "invert_clip"):
             if getattr(self, name) not in CLIP_MODES:
                 raise ValueError(f"DiffusionConfig.{name} must be one of {CLIP_MODES}, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DiffusionConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
-    def replace(self, **kw) -> "DiffusionConfig":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def from_adm_flags(cls, flags: dict[str, Any]) -> "DiffusionConfig":

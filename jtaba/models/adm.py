@@ -18,9 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtaba.models.diffusers_blocks import timestep_embedding
+from jtaba.config import ConfigBase
+from jtaba.models.diffusers_blocks import Upsample2D, timestep_embedding
+from jtaba.models.ops import avg_pool2, conv, group_norm, upsample_nearest
 
 NUM_CLASSES = 1000
+NORM_GROUPS, NORM_EPS = 32, 1e-5  # upstream GroupNorm32
 
 # guided_diffusion.script_util.model_and_diffusion_defaults() (model and diffusion flags).
 FLAG_DEFAULTS: dict[str, Any] = dict(
@@ -62,7 +65,7 @@ DEFAULT_CHANNEL_MULT = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ConfigBase):
     """``UNetModel`` constructor arguments. ``attention_ds``: downsample factors (1, 2, 4, ...) with attention.
     ``num_classes`` None = unconditional. ``use_fp16`` records upstream's torso dtype only (the compute dtype is
     ``Network.dtype``)."""
@@ -82,23 +85,6 @@ class Config:
     resblock_updown: bool = False
     use_new_attention_order: bool = False
     use_fp16: bool = False
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["attention_ds"], d["channel_mult"] = list(self.attention_ds), list(self.channel_mult)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown adm Config keys: {sorted(unknown)}")
-        d = dict(d)
-        for key in ("attention_ds", "channel_mult"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> "Config":
@@ -131,26 +117,6 @@ class Config:
         )
 
 
-def group_norm(x: jax.Array, name: str) -> jax.Array:
-    """Upstream GroupNorm32: 32 groups, eps 1e-5, computed in float32, cast back to ``x.dtype``."""
-    norm = nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, name=name)
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
-
-
-def conv3x3(features: int, dtype: Any, name: str, stride: int = 1, zero: bool = False) -> nn.Conv:
-    """3x3 conv with torch's padding 1 on every side (also for stride 2)."""
-    kw = {"kernel_init": nn.initializers.zeros} if zero else {}
-    return nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), dtype=dtype, name=name, **kw)
-
-
-def upsample_nearest(x: jax.Array) -> jax.Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def avg_pool2(x: jax.Array) -> jax.Array:
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
-
-
 def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
     if num_head_channels == -1:
         return num_heads
@@ -166,17 +132,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return conv3x3(self.channels, self.dtype, "op", stride=2)(x)
-
-
-class Upsample(nn.Module):
-    """Nearest x2 then 3x3 conv (torch ``Upsample(use_conv=True)``, param ``conv``)."""
-    channels: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        return conv3x3(self.channels, self.dtype, "conv")(upsample_nearest(x))
+        return conv(self.channels, 3, self.dtype, "op", stride=2)(x)
 
 
 class ResBlock(nn.Module):
@@ -190,22 +146,22 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, emb, train: bool):
-        h = nn.silu(group_norm(x, "in_layers_0"))
+        h = nn.silu(group_norm(x, NORM_GROUPS, NORM_EPS, "in_layers_0"))
         if self.resample is not None:
             fn = upsample_nearest if self.resample == "up" else avg_pool2
             h, x = fn(h), fn(x)
-        h = conv3x3(self.out_channels, self.dtype, "in_layers_2")(h)
+        h = conv(self.out_channels, 3, self.dtype, "in_layers_2")(h)
         width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
         emb_out = nn.Dense(width, name="emb_layers_1")(nn.silu(emb)).astype(h.dtype)[:, None, None, :]
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = group_norm(h, "out_layers_0") * (1 + scale) + shift
+            h = group_norm(h, NORM_GROUPS, NORM_EPS, "out_layers_0") * (1 + scale) + shift
         else:
-            h = group_norm(h + emb_out, "out_layers_0")
+            h = group_norm(h + emb_out, NORM_GROUPS, NORM_EPS, "out_layers_0")
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-        h = conv3x3(self.out_channels, self.dtype, "out_layers_3", zero=True)(h)
+        h = conv(self.out_channels, 3, self.dtype, "out_layers_3", zero_init=True)(h)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="skip_connection")(x)
+            x = conv(self.out_channels, 1, self.dtype, "skip_connection", padding=0)(x)
         return x + h
 
 
@@ -221,7 +177,8 @@ class AttentionBlock(nn.Module):
     def __call__(self, x):
         b, hh, ww, c = x.shape
         heads, ch = self.num_heads, c // self.num_heads
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(group_norm(x, "norm").reshape(b, hh * ww, c))
+        normed = group_norm(x, NORM_GROUPS, NORM_EPS, "norm").reshape(b, hh * ww, c)
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(normed)
         qkv = qkv.reshape(b, hh * ww, 3, heads, ch) if self.new_order else qkv.reshape(b, hh * ww, heads, 3, ch)
         axis = 2 if self.new_order else 3
         q, k, v = (jnp.take(qkv, i, axis=axis) for i in range(3))  # each (B, L, heads, ch)
@@ -259,7 +216,7 @@ class Network(nn.Module):
             return AttentionBlock(n, cfg.use_new_attention_order, dt, name=name)
 
         ch = int(cfg.channel_mult[0] * c0)
-        h = conv3x3(ch, dt, "input_blocks_0_0")(x.astype(dt))
+        h = conv(ch, 3, dt, "input_blocks_0_0")(x.astype(dt))
         hs, ds, index = [h], 1, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -292,9 +249,12 @@ class Network(nn.Module):
                     sub = 2
                 if level and i == cfg.num_res_blocks:
                     name = f"output_blocks_{index}_{sub}"
-                    h = res(ch, name, "up")(h, emb, train) if cfg.resblock_updown else Upsample(ch, dt, name=name)(h)
+                    if cfg.resblock_updown:
+                        h = res(ch, name, "up")(h, emb, train)
+                    else:
+                        h = Upsample2D(ch, dtype=dt, name=name)(h)
                     ds //= 2
                 index += 1
 
-        h = nn.silu(group_norm(h.astype(jnp.float32), "out_0"))
-        return conv3x3(cfg.out_channels, jnp.float32, "out_2", zero=True)(h)
+        h = nn.silu(group_norm(h.astype(jnp.float32), NORM_GROUPS, NORM_EPS, "out_0"))
+        return conv(cfg.out_channels, 3, jnp.float32, "out_2", zero_init=True)(h)

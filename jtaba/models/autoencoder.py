@@ -10,14 +10,16 @@ Submodule names mirror the diffusers state-dict keys (``down_blocks.0.resnets.1`
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtaba.models.diffusers_blocks import (DownBlock2D, ResnetArgs, UNetMidBlock2D, Upsample2D, conv,
-                                           get_activation, group_norm)
+from jtaba.config import ConfigBase
+from jtaba.models.diffusers_blocks import DownBlock2D, ResnetArgs, UNetMidBlock2D, Upsample2D, get_activation
+from jtaba.models.ops import conv, group_norm
 
 EPS = 1e-6
 
@@ -42,6 +44,27 @@ def encoder_decoder_fields(cfg: dict, latent_channels: int) -> dict:
                 norm_num_groups=int(cfg.get("norm_num_groups", 32)),
                 sample_size=int(size[0] if isinstance(size, (list, tuple)) else size),
                 mid_block_add_attention=bool(cfg.get("mid_block_add_attention", True)))
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderConfig(ConfigBase):
+    """The config fields shared by ``AutoencoderKL`` (vae) and ``VQModel`` (vq): what builds their Encoder and
+    Decoder, diffusers names and defaults (``latent_channels``: KL 4, VQ 3)."""
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (64,)
+    layers_per_block: int = 1
+    act_fn: str = "silu"
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    sample_size: int = 32
+    mid_block_add_attention: bool = True
+
+    def encoder_decoder_kwargs(self, dtype: Any) -> dict:
+        """The ``Encoder`` / ``Decoder`` arguments both take alike."""
+        return dict(block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
+                    norm_num_groups=self.norm_num_groups, act_fn=self.act_fn,
+                    mid_block_add_attention=self.mid_block_add_attention, dtype=dtype)
 
 
 class UpDecoderBlock2D(nn.Module):

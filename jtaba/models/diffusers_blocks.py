@@ -39,8 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtaba.models.ops import avg_pool2, conv, group_norm, upsample_nearest
 
-# ---- elementary ops --------------------------------------------------------------------------------------------
+
+# ---- activations -----------------------------------------------------------------------------------------------
 def mish(x: jax.Array) -> jax.Array:
     return x * jnp.tanh(jax.nn.softplus(x))
 
@@ -55,36 +57,6 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
-
-
-def group_norm(x: jax.Array, num_groups: int, eps: float, name: str) -> jax.Array:
-    """torch ``nn.GroupNorm`` over the last (channel) axis, in float32, cast back to ``x.dtype``.
-    Must be called inside a compact method (creates the param ``name/{scale,bias}``)."""
-    norm = nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=jnp.float32, name=name)
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
-
-
-def conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1, padding: int = 1,
-         use_bias: bool = True) -> nn.Conv:
-    """torch ``nn.Conv2d(kernel_size=kernel, stride, padding)`` (symmetric zero padding)."""
-    return nn.Conv(features, (kernel, kernel), strides=stride, padding=((padding, padding), (padding, padding)),
-                   use_bias=use_bias, dtype=dtype, name=name)
-
-
-def upsample_nearest(x: jax.Array, output_size: Sequence[int] | None = None) -> jax.Array:
-    """torch ``F.interpolate(mode="nearest")``: x2, or to ``output_size`` (H, W) with src = floor(dst * in / out)."""
-    if output_size is None:
-        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    for axis, out in zip((1, 2), output_size):
-        size = x.shape[axis]
-        idx = np.minimum(np.floor(np.arange(out) * np.float32(size / out)).astype(np.int64), size - 1)
-        x = jnp.take(x, idx, axis=axis)
-    return x
-
-
-def avg_pool2(x: jax.Array) -> jax.Array:
-    """torch ``nn.AvgPool2d(2, 2)`` (odd sizes floor)."""
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
 # ---- time embedding ----------------------------------------------------------------------------------------------

@@ -30,14 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtaba.config import ConfigBase
 from jtaba.models.diffusers_blocks import timestep_embedding
+from jtaba.models.ops import conv
 
 _FACEBOOK_DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                           mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ConfigBase):
     input_size: int = 32  # latent height = width
     patch_size: int = 2
     in_channels: int = 4
@@ -59,13 +61,6 @@ class Config:
     @property
     def num_patches(self) -> int:
         return (self.input_size // self.patch_size) ** 2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        return cls(**d)
 
     @classmethod
     def from_facebook(cls, kwargs: dict) -> "Config":
@@ -219,8 +214,7 @@ class Network(nn.Module):
             conds = [Embedder(cfg, self.dtype, name="embedder")(t, labels)] * cfg.depth
 
         p, grid = cfg.patch_size, cfg.input_size // cfg.patch_size
-        h = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    name="x_embedder")(x.astype(self.dtype))
+        h = conv(cfg.hidden_size, p, self.dtype, "x_embedder", stride=p, padding=0)(x.astype(self.dtype))
         h = h.reshape(b, grid * grid, cfg.hidden_size).astype(jnp.float32)
         h = h + jnp.asarray(pos_embed_table(cfg.hidden_size, grid))[None]
         for i in range(cfg.depth):

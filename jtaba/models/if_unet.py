@@ -53,8 +53,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jtaba.config import ConfigBase
 from jtaba.models.diffusers_blocks import (DownBlock2D, ResnetArgs, TimestepEmbedding, UpBlock2D, get_activation,
-                                            group_norm, timestep_embedding)
+                                            timestep_embedding)
+from jtaba.models.ops import conv, group_norm
 
 DOWN_BLOCKS = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
 UP_BLOCKS = ("ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
@@ -72,7 +74,7 @@ _FIXED = (("class_embed_type", (None,)), ("num_class_embeds", (None,)), ("time_e
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ConfigBase):
     in_channels: int = 3
     out_channels: int = 6
     block_out_channels: tuple[int, ...] = (704, 1408, 2112, 2816)
@@ -133,16 +135,10 @@ class Config:
                           time_embedding_norm=self.resnet_time_scale_shift, output_scale_factor=output_scale_factor,
                           dropout=self.dropout, skip_time_act=self.resnet_skip_time_act)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown if_unet.Config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def cross_attn_args(self, block: int) -> "CrossAttnArgs":
+        """The attention settings of down block ``block``, and of up block ``block`` (diffusers does not reverse
+        ``attention_head_dim``)."""
+        return CrossAttnArgs(self.attention_head_dim[block], self.cross_attention_norm, self.only_cross_attention)
 
     @classmethod
     def from_diffusers(cls, cfg: Mapping[str, Any]) -> "Config":
@@ -280,15 +276,26 @@ class AddedKVAttention(nn.Module):
         return out.reshape(b, hgt, wid, c) + x
 
 
+@dataclasses.dataclass(frozen=True)
+class CrossAttnArgs:
+    """The ``AddedKVAttention`` settings a block passes to all of its attentions (its ``attention_head_dim``,
+    ``cross_attention_norm``, ``only_cross_attention``); the pixel GroupNorm takes the resnets' groups."""
+    head_dim: int
+    cross_attention_norm: str | None
+    only_cross_attention: bool
+
+    def attention(self, groups: int, dtype: Any, name: str) -> AddedKVAttention:
+        return AddedKVAttention(self.head_dim, groups, self.cross_attention_norm, self.only_cross_attention,
+                                dtype=dtype, name=name)
+
+
 class SimpleCrossAttnDownBlock2D(nn.Module):
     """(resnets_i -> attentions_i) x num_layers, then an optional ``down=True`` resnet ``downsamplers_0``.
     ``__call__(x, temb, text)`` -> (h, skip states in diffusers order)."""
     out_channels: int
     num_layers: int
     resnet: ResnetArgs
-    attention_head_dim: int
-    cross_attention_norm: str | None
-    only_cross_attention: bool
+    cross_attn: CrossAttnArgs
     add_downsample: bool
     dtype: Any = jnp.float32
 
@@ -297,8 +304,7 @@ class SimpleCrossAttnDownBlock2D(nn.Module):
         states = ()
         for i in range(self.num_layers):
             x = self.resnet.block(self.out_channels, self.dtype, f"resnets_{i}")(x, temb, train)
-            x = AddedKVAttention(self.attention_head_dim, self.resnet.groups, self.cross_attention_norm,
-                                 self.only_cross_attention, dtype=self.dtype, name=f"attentions_{i}")(x, text)
+            x = self.cross_attn.attention(self.resnet.groups, self.dtype, f"attentions_{i}")(x, text)
             states += (x,)
         if self.add_downsample:
             x = self.resnet.block(self.out_channels, self.dtype, "downsamplers_0", down=True)(x, temb, train)
@@ -312,9 +318,7 @@ class SimpleCrossAttnUpBlock2D(nn.Module):
     out_channels: int
     num_layers: int
     resnet: ResnetArgs
-    attention_head_dim: int
-    cross_attention_norm: str | None
-    only_cross_attention: bool
+    cross_attn: CrossAttnArgs
     add_upsample: bool
     dtype: Any = jnp.float32
 
@@ -324,8 +328,7 @@ class SimpleCrossAttnUpBlock2D(nn.Module):
         for i in range(self.num_layers):
             x = jnp.concatenate([x.astype(self.dtype), skips.pop().astype(self.dtype)], axis=-1)
             x = self.resnet.block(self.out_channels, self.dtype, f"resnets_{i}")(x, temb, train)
-            x = AddedKVAttention(self.attention_head_dim, self.resnet.groups, self.cross_attention_norm,
-                                 self.only_cross_attention, dtype=self.dtype, name=f"attentions_{i}")(x, text)
+            x = self.cross_attn.attention(self.resnet.groups, self.dtype, f"attentions_{i}")(x, text)
         if self.add_upsample:
             x = self.resnet.block(self.out_channels, self.dtype, "upsamplers_0", up=True)(x, temb, train)
         return x
@@ -334,17 +337,14 @@ class SimpleCrossAttnUpBlock2D(nn.Module):
 class UNetMidBlock2DSimpleCrossAttn(nn.Module):
     """resnets_0, then attentions_0 -> resnets_1 (one layer, as UNet2DConditionModel builds it)."""
     resnet: ResnetArgs
-    attention_head_dim: int
-    cross_attention_norm: str | None
-    only_cross_attention: bool
+    cross_attn: CrossAttnArgs
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb, text, train: bool = False):
         c = x.shape[-1]
         x = self.resnet.block(c, self.dtype, "resnets_0")(x, temb, train)
-        x = AddedKVAttention(self.attention_head_dim, self.resnet.groups, self.cross_attention_norm,
-                             self.only_cross_attention, dtype=self.dtype, name="attentions_0")(x, text)
+        x = self.cross_attn.attention(self.resnet.groups, self.dtype, "attentions_0")(x, text)
         return self.resnet.block(c, self.dtype, "resnets_1")(x, temb, train)
 
 
@@ -372,9 +372,7 @@ class Network(nn.Module):
         if cfg.encoder_hid_dim is not None:
             text = nn.Dense(cfg.cross_attention_dim, dtype=dt, name="encoder_hid_proj")(text)
 
-        pad = (cfg.conv_in_kernel - 1) // 2
-        h = nn.Conv(c0, (cfg.conv_in_kernel,) * 2, padding=((pad, pad),) * 2, dtype=dt,
-                    name="conv_in")(x.astype(dt))
+        h = conv(c0, cfg.conv_in_kernel, dt, "conv_in", padding=(cfg.conv_in_kernel - 1) // 2)(x.astype(dt))
         resnet = cfg.resnet_args(cfg.resnet_out_scale_factor)
         n = len(cfg.block_out_channels)
         skips: tuple = (h,)
@@ -386,14 +384,14 @@ class Network(nn.Module):
                                         name=f"down_blocks_{i}")(h, emb, train)
             else:
                 h, states = SimpleCrossAttnDownBlock2D(
-                    ch, cfg.layers_per_block[i], resnet, cfg.attention_head_dim[i], cfg.cross_attention_norm,
-                    cfg.only_cross_attention, not last, dtype=dt, name=f"down_blocks_{i}")(h, emb, text, train)
+                    ch, cfg.layers_per_block[i], resnet, cfg.cross_attn_args(i), not last, dtype=dt,
+                    name=f"down_blocks_{i}")(h, emb, text, train)
             skips += states
 
         if cfg.mid_block_type is not None:
-            h = UNetMidBlock2DSimpleCrossAttn(cfg.resnet_args(cfg.mid_block_scale_factor),
-                                              cfg.attention_head_dim[-1], cfg.cross_attention_norm,
-                                              cfg.mid_block_only_cross_attention, dtype=dt,
+            mid_attn = CrossAttnArgs(cfg.attention_head_dim[-1], cfg.cross_attention_norm,
+                                     cfg.mid_block_only_cross_attention)
+            h = UNetMidBlock2DSimpleCrossAttn(cfg.resnet_args(cfg.mid_block_scale_factor), mid_attn, dtype=dt,
                                               name="mid_block")(h, emb, text, train)
 
         rev_layers = cfg.layers_per_block[::-1]
@@ -405,15 +403,11 @@ class Network(nn.Module):
                 h = UpBlock2D(ch, num, resnet, upsample_type=None if last else "resnet", dtype=dt,
                               name=f"up_blocks_{i}")(h, block_skips, emb, train=train)
             else:
-                h = SimpleCrossAttnUpBlock2D(
-                    ch, num, resnet, cfg.attention_head_dim[i], cfg.cross_attention_norm,
-                    cfg.only_cross_attention, not last, dtype=dt, name=f"up_blocks_{i}")(
-                        h, block_skips, emb, text, train)
+                h = SimpleCrossAttnUpBlock2D(ch, num, resnet, cfg.cross_attn_args(i), not last, dtype=dt,
+                                             name=f"up_blocks_{i}")(h, block_skips, emb, text, train)
 
         h = get_activation(cfg.act_fn)(group_norm(h, cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out"))
-        pad = (cfg.conv_out_kernel - 1) // 2
-        h = nn.Conv(cfg.out_channels, (cfg.conv_out_kernel,) * 2, padding=((pad, pad),) * 2, dtype=dt,
-                    name="conv_out")(h)
+        h = conv(cfg.out_channels, cfg.conv_out_kernel, dt, "conv_out", padding=(cfg.conv_out_kernel - 1) // 2)(h)
         return h.astype(jnp.float32)
 
 

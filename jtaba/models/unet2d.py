@@ -23,8 +23,10 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jtaba.config import ConfigBase
 from jtaba.models.diffusers_blocks import (DownBlock2D, ResnetArgs, TimestepEmbedding, UNetMidBlock2D, UpBlock2D,
-                                           conv, group_norm, timestep_embedding)
+                                           timestep_embedding)
+from jtaba.models.ops import conv, group_norm
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
@@ -36,7 +38,7 @@ _IGNORED = ("num_train_timesteps",)  # only read by time_embedding_type="learned
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ConfigBase):
     """``UNet2DModel`` constructor arguments (diffusers names and defaults)."""
     sample_size: int | tuple[int, int] | None = None
     in_channels: int = 3
@@ -75,21 +77,6 @@ class Config:
             raise ValueError(f"unet2d: unsupported mid_block_type {self.mid_block_type!r}")
         if self.resnet_time_scale_shift not in ("default", "scale_shift"):
             raise ValueError(f"unet2d: unsupported resnet_time_scale_shift {self.resnet_time_scale_shift!r}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown unet2d Config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @classmethod
     def from_diffusers(cls, cfg: Mapping[str, Any]) -> "Config":

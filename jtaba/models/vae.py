@@ -15,31 +15,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtaba.models.autoencoder import Decoder, Encoder, encoder_decoder_fields
-from jtaba.models.diffusers_blocks import conv
+from jtaba.models.autoencoder import AutoencoderConfig, Decoder, Encoder, encoder_decoder_fields
+from jtaba.models.ops import conv
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    in_channels: int = 3
-    out_channels: int = 3
-    block_out_channels: tuple[int, ...] = (64,)
-    layers_per_block: int = 1
-    act_fn: str = "silu"
-    latent_channels: int = 4
-    norm_num_groups: int = 32
-    sample_size: int = 32
+class Config(AutoencoderConfig):
     scaling_factor: float = 0.18215
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
-    mid_block_add_attention: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        return cls(**{**d, "block_out_channels": tuple(d["block_out_channels"])})
 
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "Config":
@@ -59,9 +43,7 @@ class Network(nn.Module):
 
     def setup(self):
         c = self.config
-        common = dict(block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
-                      norm_num_groups=c.norm_num_groups, act_fn=c.act_fn,
-                      mid_block_add_attention=c.mid_block_add_attention, dtype=self.dtype)
+        common = c.encoder_decoder_kwargs(self.dtype)
         self.encoder = Encoder(c.latent_channels, double_z=True, **common)
         self.decoder = Decoder(c.out_channels, **common)
         if c.use_quant_conv:
