@@ -108,3 +108,18 @@ def test_ema_flip_and_adamw():
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
         q = q - 1e-2 * (m / (1 - 0.9 ** t) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8) + 0.1 * q)
     np.testing.assert_allclose(params, q, rtol=1e-5)
+
+
+def test_train_config_is_a_config_base():
+    """TrainConfig shares ConfigBase's JSON form: an unknown run.json key is named; flags stay an object."""
+    from jtaba.config import ConfigBase
+
+    cfg = PRESETS["builtin"]
+    assert isinstance(cfg, ConfigBase)
+    d = cfg.to_dict()
+    assert isinstance(d["flags"], dict) and d["flags"]["image_size"] == 16
+    with pytest.raises(ValueError, match=r"unknown presets.TrainConfig keys: \['batch'\]"):
+        TrainConfig.from_dict({**d, "batch": 3})
+    changed = cfg.replace(flags={**cfg.flags_dict, "dropout": 0.5}, steps=7)
+    assert changed.flags_dict["dropout"] == 0.5 and changed.steps == 7 and hash(changed)
+    assert TrainConfig.from_dict(changed.to_dict()) == changed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from jtaba.config import ConfigBase
 from jtaba.models import adm
 
 # Fields that may differ between the run.json of a run and a resumed session (everything else must match).
@@ -16,7 +17,9 @@ RESUMABLE_CHANGES = ("steps", "save", "keep", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
+    """``ConfigBase``'s JSON form (unknown keys rejected by ``from_dict``), except ``flags``: stored as a tuple of
+    sorted pairs (hashable), written to JSON as an object."""
     name: str
     flags: tuple[tuple[str, Any], ...]  # sorted (flag, value) pairs; see ``flags_dict``
     dataset: str  # "procedural" | "cifar10" | "imagenet64" | a prepared tfds name
@@ -39,16 +42,19 @@ class TrainConfig:
     def replace(self, **kw) -> "TrainConfig":
         if "flags" in kw and isinstance(kw["flags"], Mapping):
             kw["flags"] = freeze_flags(kw["flags"])
-        return dataclasses.replace(self, **kw)
+        return super().replace(**kw)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = super().to_dict()
         d["flags"] = self.flags_dict
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        return cls(**{**d, "flags": freeze_flags(d["flags"])})
+        d = dict(d)
+        if isinstance(d.get("flags"), Mapping):
+            d["flags"] = freeze_flags(d["flags"])
+        return super().from_dict(d)
 
 
 def freeze_flags(flags: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
