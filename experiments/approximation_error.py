@@ -41,6 +41,7 @@ import sys
 import numpy as np
 
 from jtaba import cli, engine, io, plotting
+from jtaba.runs import StandardOptions
 
 QUANTITIES = ("eps", "xt")
 QUANTITY_NAMES = {"eps": "ε", "xt": "x_t"}
@@ -50,19 +51,15 @@ INTERVALS = ("early", "rest", "total")
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
+class Options(StandardOptions):
     n: int = 64
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
     threshold: float = 0.025
     early_fraction: float = 0.1
 
 
 def build_parser():
     p = cli.parser("python -m experiments.approximation_error", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N (every step of sampling and inversion is recorded: "
                                   "(T, N, C, H, W) arrays; the paper does not state its N)")
     p.add_argument("--threshold", type=float, default=Options.threshold,
@@ -268,20 +265,19 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
+def out_parts(opts: Options) -> tuple:
+    return f"thr{opts.threshold:g}", f"early{opts.early_fraction:g}"
+
+
+def network_passes(ws, opts: Options) -> int:
+    """Sampling (recorded) and the teacher-forced inversion."""
+    return 2
+
+
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    ws = cli.workspace(args)
-    cli.warn_if_slow(opts.n, opts.steps, 2, "approximation_error")
-    out = cli.out_dir(args, ws.tag, "approximation_error", f"thr{opts.threshold:g}",
-                      f"early{opts.early_fraction:g}")
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    print(f"wrote {out}/approximation_error.json, approximation_error.csv, approximation_error_steps.csv, "
-          f"approximation_error.png (runs: {result['sampling_run']}, {result['inversion_run']})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

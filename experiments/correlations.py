@@ -33,6 +33,7 @@ import sys
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 
 ROWS = ("noise", "latents", "samples")  # paper column order of Tab. 2 (noise, latent, sample)
 LABELS = {"noise": r"noise $x_T$", "latents": r"latent $\hat{x}_T$", "samples": r"sample $x_0$",
@@ -40,12 +41,7 @@ LABELS = {"noise": r"noise $x_T$", "latents": r"latent $\hat{x}_T$", "samples": 
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    n: int = 512
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
+class Options(StandardOptions):
     null_sets: int = 5
     null_seed: int = 0
     upstream_fp16: bool = False
@@ -53,7 +49,7 @@ class Options:
 
 def build_parser():
     p = cli.parser("python -m experiments.correlations", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N (the standard run: computed once and shared with the "
                                   "other analyses; the paper used 10,240 and T = 100)")
     p.add_argument("--null-sets", type=int, default=Options.null_sets,
@@ -68,8 +64,9 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
-    return Options(args.n, args.steps, args.seed, args.batch, args.precision, args.null_sets, args.null_seed,
-                   args.upstream_fp16)
+    if args.null_sets < 0:
+        raise ValueError(f"--null-sets must be >= 0, got {args.null_sets}")
+    return cli.options_from_args(Options, args)
 
 
 def _patch_grid(height: int, width: int, patch: int):
@@ -152,9 +149,8 @@ def null_correlation(shape, sets: int, seed: int = 0, fp16: bool = False) -> dic
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then the correlation rows and the null row."""
     from jtaba.metrics.core import CORRELATION_PATCH, CORRELATION_TOP_K
-    from jtaba.runs import RunSettings
 
-    run = ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=opts.precision))
+    run = ws.run(opts.run_settings())
     rows = {k: array_correlation(run[k], opts.upstream_fp16) for k in ROWS}
     result = {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
               "run": run.path, "patch_size": CORRELATION_PATCH, "top_k": CORRELATION_TOP_K,
@@ -263,7 +259,7 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
-def _parts(opts: Options) -> list[str]:
+def out_parts(opts: Options) -> list[str]:
     """Out-folder name parts for the analysis settings that differ from their defaults."""
     d = Options()
     named = (("null_sets", "null{}"), ("null_seed", "nullseed{}"))
@@ -274,17 +270,7 @@ def _parts(opts: Options) -> list[str]:
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    if opts.null_sets < 0:
-        raise ValueError(f"--null-sets must be >= 0, got {opts.null_sets}")
-    ws = cli.workspace(args)
-    cli.warn_if_slow(opts.n, opts.steps, 3, "correlations")
-    out = cli.out_dir(args, ws.tag, "correlations", *_parts(opts))
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    print(f"wrote {out}/correlations.json, correlations.csv, correlations.png (run files: {result['run']})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import sys
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 
 ROWS = ("latents", "noise")  # the test's subject, then the control
 COLOURS = {"noise": plotting.VERTEX_COLORS["noise"], "latents": plotting.VERTEX_COLORS["latent"]}
@@ -45,12 +46,7 @@ P_BINS = 20
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    n: int = 512
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
+class Options(StandardOptions):
     limit: int = 5000
     p_value: float = 0.05
     index_seed: int = 0
@@ -60,7 +56,7 @@ class Options:
 
 def build_parser():
     p = cli.parser("python -m experiments.normality", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N (the standard run: computed once and shared with the "
                                   "other analyses; the paper used 10,240 and T = 100)")
     p.add_argument("--limit", type=int, default=Options.limit,
@@ -80,16 +76,20 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
-    return Options(args.n, args.steps, args.seed, args.batch, args.precision, args.limit, args.p_value,
-                   args.index_seed, args.replace, args.show)
+    if args.limit < 3:
+        raise ValueError(f"--limit must be at least 3 (Shapiro-Wilk), got {args.limit}")
+    if not 0 < args.p_value < 1:
+        raise ValueError(f"--p-value must be in (0, 1), got {args.p_value}")
+    if args.show < 0:
+        raise ValueError(f"--show must be >= 0, got {args.show}")
+    return cli.options_from_args(Options, args)
 
 
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then Shapiro-Wilk for latents and noise and the QQ data."""
     from jtaba.metrics import normality_counts, qq_quantiles, shapiro_p_values
-    from jtaba.runs import RunSettings
 
-    run = ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=opts.precision))
+    run = ws.run(opts.run_settings())
     p_values = {k: shapiro_p_values(run[k], opts.limit, opts.index_seed, opts.replace) for k in ROWS}
     edges = np.linspace(0.0, 1.0, P_BINS + 1)
     qq = qq_quantiles(run["noise"], run["latents"], seed=opts.index_seed)
@@ -250,7 +250,7 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
-def _parts(opts: Options) -> list[str]:
+def out_parts(opts: Options) -> list[str]:
     """Out-folder name parts for the analysis settings that differ from their defaults."""
     d = Options()
     named = (("limit", "limit{}"), ("p_value", "p{:g}"), ("index_seed", "iseed{}"), ("show", "show{}"))
@@ -261,22 +261,7 @@ def _parts(opts: Options) -> list[str]:
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    if opts.limit < 3:
-        raise ValueError(f"--limit must be at least 3 (Shapiro-Wilk), got {opts.limit}")
-    if not 0 < opts.p_value < 1:
-        raise ValueError(f"--p-value must be in (0, 1), got {opts.p_value}")
-    if opts.show < 0:
-        raise ValueError(f"--show must be >= 0, got {opts.show}")
-    ws = cli.workspace(args)
-    cli.warn_if_slow(opts.n, opts.steps, 3, "normality")
-    out = cli.out_dir(args, ws.tag, "normality", *_parts(opts))
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    figs = "normality.png" + (", normality_latents.png" if result["shown"] else "")
-    print(f"wrote {out}/normality.json, normality.csv, {figs} (run files: {result['run']})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

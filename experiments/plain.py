@@ -24,26 +24,20 @@ import sys
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 
 STAT_KEYS = ("mae_plain", "mae_non_plain", "std_plain", "std_non_plain")
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    n: int = 512
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
+class Options(StandardOptions):
     threshold: float = 0.025
     examples: int = 4
 
 
 def build_parser():
     p = cli.parser("python -m experiments.plain", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
-                           n_help="number of samples N (512: about 3 minutes on 2 CPU cores with the built-in "
-                                  "model, shared with the other analyses; the paper used 10,240 and T = 100)")
+    cli.add_analysis_flags(p, Options)
     p.add_argument("--threshold", type=float, default=Options.threshold,
                    help="plain-area threshold on the mean neighbour difference, in the diffusion space's units "
                         "(paper App. C: 0.025 for images in [-1, 1])")
@@ -94,9 +88,8 @@ def plain_table(noise, samples, latents, threshold: float) -> dict:
 
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then masks and plain / non-plain statistics."""
-    from jtaba.runs import RunSettings
 
-    run = ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=opts.precision))
+    run = ws.run(opts.run_settings())
     table = plain_table(run["noise"], run["samples"], run["latents"], opts.threshold)
     per_sample = table.pop("per_sample_fraction")
     examples = example_indices(per_sample, opts.examples)
@@ -201,18 +194,14 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
+def out_parts(opts: Options) -> tuple:
+    return f"thr{opts.threshold:g}", f"ex{opts.examples}"
+
+
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    ws = cli.workspace(args)
-    cli.warn_if_slow(opts.n, opts.steps, 3, "plain")
-    out = cli.out_dir(args, ws.tag, "plain", f"thr{opts.threshold:g}", f"ex{opts.examples}")
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    print(f"wrote {out}/plain.json, plain.csv, plain.png (run files: {result['run']})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -21,23 +21,21 @@ import sys
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 from jtaba.precision import PRECISIONS
 
 CHOICES = PRECISIONS  # float32 first: the reference
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
+class Options(StandardOptions):
     n: int = 256
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
     precisions: tuple = CHOICES
 
 
 def build_parser():
     p = cli.parser("python -m experiments.precision", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N per precision")
     p.add_argument("--precisions", default=",".join(CHOICES),
                    help="comma-separated precisions to compare with float32 (float32 is always run)")
@@ -45,11 +43,22 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
+    if args.precision != "float32":
+        raise ValueError("this analysis runs every precision: choose them with --precisions, not --precision")
     chosen = [p.strip() for p in args.precisions.split(",") if p.strip()]
     unknown = sorted(set(chosen) - set(CHOICES))
     if unknown:
-        raise SystemExit(f"--precisions: unknown {unknown}; choose from {', '.join(CHOICES)}")
-    return Options(args.n, args.steps, args.seed, args.batch, tuple(["float32"] + [p for p in chosen if p != "float32"]))
+        raise ValueError(f"--precisions: unknown {unknown}; choose from {', '.join(CHOICES)}")
+    return Options(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch,
+                   precisions=tuple(["float32"] + [p for p in chosen if p != "float32"]))
+
+
+def out_parts(opts: Options) -> tuple:
+    return ("-".join(opts.precisions),)
+
+
+def network_passes(ws, opts: Options) -> int:
+    return 3 * len(opts.precisions)
 
 
 def paper_numbers(run) -> dict:
@@ -71,9 +80,8 @@ def per_sample_max_abs(a, b) -> np.ndarray:
 
 
 def compute(ws, opts: Options) -> dict:
-    from jtaba.runs import RunSettings
 
-    runs = {p: ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=p))
+    runs = {p: ws.run(opts.run_settings(precision=p))
             for p in opts.precisions}
     ref = runs["float32"]
     numbers = {p: paper_numbers(r) for p, r in runs.items()}
@@ -99,8 +107,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['precision']} | {r['latents_max_abs_mean']:.2e} / {r['latents_max_abs_max']:.2e} | "
                      f"{r['samples2_max_abs_mean']:.2e} / {r['samples2_max_abs_max']:.2e} | "
                      f"{r['delta_latent_correlation']:+.2e} | {r['delta_kl_noise_latent']:+.2e} | "
-                     f"{r['delta_angle_image']:+.3f} / {r['delta_angle_noise']:+.3f} / {r['delta_angle_latent']:+.3f} | "
-                     f"{r['delta_acc_noise_to_img']:+.3f} / {r['delta_acc_latent_to_img']:+.3f} |")
+                     + " / ".join(f"{r[f'delta_angle_{k}']:+.3f}" for k in ("image", "noise", "latent"))
+                     + f" | {r['delta_acc_noise_to_img']:+.3f} / {r['delta_acc_latent_to_img']:+.3f} |")
     return "\n".join(lines)
 
 
@@ -132,17 +140,8 @@ def write_outputs(result: dict, out: str) -> dict:
 
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.precision != "float32":
-        raise SystemExit("this analysis runs every precision: choose them with --precisions, not --precision")
-    opts = options_from_args(args)
-    ws = cli.workspace(args)
-    cli.warn_if_slow(opts.n * len(opts.precisions), opts.steps, 3, "precision")
-    out = cli.out_dir(args, ws.tag, "precision", "-".join(opts.precisions))
-    result = write_outputs(compute(ws, opts), out)
-    print(markdown(result))
-    print(f"wrote {out}/precision.json, precision.csv, precision.png")
-    return out
+    """Run the analysis; returns the output folder."""
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ import sys
 import time
 
 from jtaba import cli, io
+from jtaba.runs import StandardOptions
 
 # (module, paper reference, options it takes from the report's flags), in dependency order: the standard run
 # first (triangles makes it), then the analyses that reuse it, then those with runs of their own.
-STANDARD = ("n", "steps", "seed", "batch", "precision")
+STANDARD = tuple(f.name for f in dataclasses.fields(StandardOptions))
 OWN_SIZES = ("seed", "batch", "precision")
 ANALYSES = (
     ("triangles", "Tab. 3, Fig. 9 (§3.4)", STANDARD),
@@ -43,8 +44,7 @@ NAMES = tuple(name for name, _, _ in ANALYSES)
 
 def build_parser():
     p = cli.parser("python -m experiments.reproduce", __doc__)
-    cli.add_analysis_flags(p, n=512, steps=50, batch=128, seed=42,
-                           n_help="samples N of the standard run (the paper: 10,240 with T = 100)")
+    cli.add_analysis_flags(p, StandardOptions)
     p.add_argument("--only", default=None, metavar="A,B",
                    help=f"comma-separated analyses to run (default: all of {', '.join(NAMES)})")
     p.add_argument("--skip", default="", metavar="A,B", help="comma-separated analyses to leave out")

@@ -25,8 +25,8 @@ run (no inversion: its every step is the ground truth), and per kind and K one i
 same samples. The paper used T = 50 and K in {1, 2, 3, 5} (2-10 % of the steps; slurm files also 10, 50). The
 defaults (N = 64, T = 20, K in {1, 2, 3, 5, 10}) are sized for the built-in model on 2 CPU cores: 34 network passes
 over N samples, about 4 minutes (not the shared N = 512, T = 50 of the other analyses: 34 passes of those would
-take over an hour there, so at the defaults the K = 0 run is this analysis's own); the swap type and K are compiled into the inversion loop, so every (type, K) also
-compiles once (the persistent compilation cache keeps them for later runs).
+take over an hour there, so at the defaults the K = 0 run is this analysis's own); the swap type and K are
+compiled into the inversion loop, so every (type, K) also compiles once (the persistent compilation cache keeps them for later runs).
 
 Writes into --out: swap.json (every number, run paths and skip notes), swap.csv (one row per K as Tab. 9: K, % of
 T, then per method the correlation mean / std, image error, noise error, KL) and swap.png (each metric against K,
@@ -39,6 +39,7 @@ import os
 import sys
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 
 SWAP_TYPES = ("eps", "xt")
 FORWARD_LEVELS = ("exact", "upstream")
@@ -58,12 +59,9 @@ CORRELATION_PATCH, CORRELATION_TOP_K = 8, 20
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
+class Options(StandardOptions):
     n: int = 64
     steps: int = 20
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
     k_list: tuple = (1, 2, 3, 5, 10)
     forward_seed: int = 42
 
@@ -81,7 +79,7 @@ def parse_k_list(text: str) -> tuple:
 
 def build_parser():
     p = cli.parser("python -m experiments.swap", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N (64 with T = 20: about 4 minutes on 2 CPU cores with the "
                                   "built-in model; the correlation of N independent samples has a floor that "
                                   "falls with N, see the noise row)")
@@ -310,19 +308,16 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
+def network_passes(ws, opts: Options) -> int:
+    """N x T network passes: the standard and recorded runs, then inversion + reconstruction per method and K."""
+    per_k = len(SWAP_TYPES) + (1 if forward_levels_coincide(ws.model) else len(FORWARD_LEVELS))
+    return 4 + 2 * per_k * len(opts.k_list)
+
+
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    ws = cli.workspace(args)
-    per_k = len(SWAP_TYPES) + (1 if forward_levels_coincide(ws.model) else len(FORWARD_LEVELS))
-    cli.warn_if_slow(opts.n, opts.steps, 4 + 2 * per_k * len(opts.k_list), "swap")
-    out = cli.out_dir(args, ws.tag, "swap", *out_parts(opts))
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    print(f"wrote {out}/swap.json, swap.csv, swap.png (runs under {args.runs_dir})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

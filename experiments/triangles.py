@@ -4,11 +4,12 @@
     python -m experiments.triangles --model=adm32 --n=10240 --steps=100 --batch=256
 
 Samples N images from seed-indexed noise and inverts them with DDIM (``jtaba.runs``: batched, sharded over the
-devices, resumable; a finished run with the same model and settings is reused), then per sample the angles at the noise (x_T), image (x_0) and latent (x̂_T) vertices, their 1-degree
-histograms and the triangle of integer angles with the highest joint probability (upstream
-``most_probable_triangle.py``), the mean angles (``calc_angles``: acos of the mean cosine) and the mean L2 distances
-(``calc_distances``). Writes triangles.json, triangles.csv (one row, the paper's table columns) and triangles.png
-(the most probable triangle to scale with its angles, and the three histograms) into --out.
+devices, resumable; a finished run with the same model and settings is reused), then per sample the angles at the
+noise (x_T), image (x_0) and latent (x̂_T) vertices, their 1-degree histograms and the triangle of integer angles
+with the highest joint probability (upstream ``most_probable_triangle.py``), the mean angles (``calc_angles``: acos
+of the mean cosine) and the mean L2 distances (``calc_distances``). Writes triangles.json, triangles.csv (one row,
+the paper's table columns) and triangles.png (the most probable triangle to scale with its angles, and the three
+histograms) into --out.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sys
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 
 VERTICES = ("image", "noise", "latent")  # paper column order (Tab. 3)
 CALC_ANGLE_KEYS = {"image": "mean_cossim_img", "noise": "mean_cossim_noise", "latent": "mean_cossim_latent"}
@@ -27,17 +29,13 @@ RUN_FILES = ("noise", "samples", "latents")
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    n: int = 512
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
+class Options(StandardOptions):
+    """The standard run's settings (``jtaba.runs.StandardOptions``)."""
 
 
 def build_parser():
     p = cli.parser("python -m experiments.triangles", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N (512: about 3 minutes on 2 CPU cores with the built-in "
                                   "model; the paper used 10,240 and T = 100)")
     return p
@@ -126,9 +124,8 @@ def report(result: dict) -> str:
 
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the run), then the triangle statistics."""
-    from jtaba.runs import RunSettings
 
-    run = ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=opts.precision))
+    run = ws.run(opts.run_settings())
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "run": run.path, **angle_table(*(run[k] for k in RUN_FILES))}
 
@@ -138,7 +135,7 @@ def markdown(result: dict) -> str:
     tri = result["most_probable_triangle"] or {}
     ang, d = result["calc_angles"], result["calc_distances"]
     head = "| | image $x_0$ | noise $x_T$ | latent $\\hat{x}_T$ |\n|---|---|---|---|"
-    rows = [f"| most probable angle (°) | {tri.get('image', '-')} | {tri.get('noise', '-')} | {tri.get('latent', '-')} |",
+    rows = ["| most probable angle (°) | " + " | ".join(str(tri.get(k, "-")) for k in VERTICES) + " |",
             "| acos of mean cosine (°) | " + " | ".join(f"{ang[CALC_ANGLE_KEYS[k]]:.1f}" for k in VERTICES) + " |"]
     sides = ", ".join(f"{u}-{v} {d[f'mean_l2_{key}']:.2f} ± {d[f'std_l2_{key}']:.2f}" for (u, v), key in SIDES.items())
     return "\n".join([head, *rows, "", f"Mean L2 distances: {sides}."])
@@ -155,15 +152,7 @@ def write_outputs(result: dict, out: str) -> dict:
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    ws = cli.workspace(args)
-    opts = Options(args.n, args.steps, args.seed, args.batch, args.precision)
-    cli.warn_if_slow(opts.n, opts.steps, 2, "triangles")
-    out = cli.out_dir(args, ws.tag, "triangles")
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    print(f"wrote {out}/triangles.json, triangles.csv, triangles.png (run files: {result['run']})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.runs import StandardOptions
 
 ROWS = ("noise", "latents")
 COLOURS = {"noise": plotting.VERTEX_COLORS["noise"], "latents": plotting.VERTEX_COLORS["latent"]}
@@ -35,24 +36,16 @@ BLOCK_ELEMENTS = 1 << 22  # float64 elements read at a time for the per-sample v
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    n: int = 512
-    steps: int = 50
-    seed: int = 42
-    batch: int = 128
-    precision: str = "float32"
+class Options(StandardOptions):
+    """The standard run's settings (``jtaba.runs.StandardOptions``)."""
 
 
 def build_parser():
     p = cli.parser("python -m experiments.variances", __doc__)
-    cli.add_analysis_flags(p, n=Options.n, steps=Options.steps, batch=Options.batch, seed=Options.seed,
+    cli.add_analysis_flags(p, Options,
                            n_help="number of samples N (the standard run: computed once and shared with the "
                                   "other analyses; the paper used 10,000 and T = 100)")
     return p
-
-
-def options_from_args(args) -> Options:
-    return Options(args.n, args.steps, args.seed, args.batch, args.precision)
 
 
 def per_sample_variances(x) -> np.ndarray:
@@ -77,9 +70,8 @@ def variance_row(x) -> tuple[dict, np.ndarray]:
 
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then the variances of noise and latents."""
-    from jtaba.runs import RunSettings
 
-    run = ws.run(RunSettings(n=opts.n, steps=opts.steps, seed=opts.seed, batch=opts.batch, precision=opts.precision))
+    run = ws.run(opts.run_settings())
     rows, per_sample = {}, {}
     for k in ROWS:
         rows[k], per_sample[k] = variance_row(run[k])
@@ -174,15 +166,7 @@ def write_outputs(result: dict, out: str) -> dict:
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    ws = cli.workspace(args)
-    cli.warn_if_slow(opts.n, opts.steps, 3, "variances")
-    out = cli.out_dir(args, ws.tag, "variances")
-    result = write_outputs(compute(ws, opts), out)
-    print(report(result))
-    print(f"wrote {out}/variances.json, variances.csv, variances.png (run files: {result['run']})")
-    return out
+    return cli.run_analysis(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -103,13 +103,47 @@ def entry_point(main: Callable) -> Callable:
     return wrapped
 
 
-def add_analysis_flags(p: argparse.ArgumentParser, *, n: int, steps: int, batch: int = 128, seed: int = 42,
-                       n_help: str = "number of samples N") -> None:
-    """The flags every analysis shares: the model, the run flags and --out."""
+STANDARD_N_HELP = ("number of samples N of the standard run (computed once and shared with the other analyses; "
+                   "the paper used 10,240 and T = 100)")
+
+
+def add_analysis_flags(p: argparse.ArgumentParser, defaults, n_help: str = STANDARD_N_HELP) -> None:
+    """The flags every analysis shares: the model, the run flags (defaults from the ``defaults`` options class, a
+    ``jtaba.runs.StandardOptions``) and --out."""
     add_model_flags(p)
-    add_run_flags(p, n=n, steps=steps, batch=batch, seed=seed, n_help=n_help)
+    add_run_flags(p, n=defaults.n, steps=defaults.steps, batch=defaults.batch, seed=defaults.seed, n_help=n_help)
     p.add_argument("--out", default=None,
                    help="folder for the tables and figures (default: <runs-dir>/<model>/<analysis>/<settings>)")
+
+
+def options_from_args(options_class, args: argparse.Namespace):
+    """An options dataclass filled from the flags of the same names (``--null-sets`` -> ``null_sets``)."""
+    import dataclasses
+
+    return options_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options_class)
+                            if hasattr(args, f.name)})
+
+
+def run_analysis(module, argv=None) -> str:
+    """An analysis module's command: flags -> options -> runs -> tables and figures; returns the output folder.
+
+    ``module`` provides ``build_parser``, ``Options``, ``compute(ws, opts)``, ``write_outputs(result, out)`` and
+    ``markdown(result)``; optionally ``options_from_args(args)`` (checks, parsing), ``out_parts(opts)`` (folder
+    name parts for its own settings), ``report(result)`` (console summary) and ``network_passes(ws, opts)`` (the
+    number of N x T network passes, for the slow-CPU note; default 3)."""
+    name = module.__name__.rsplit(".", 1)[-1]
+    args = module.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    opts = module.options_from_args(args) if hasattr(module, "options_from_args") else \
+        options_from_args(module.Options, args)
+    ws = workspace(args)
+    passes = module.network_passes(ws, opts) if hasattr(module, "network_passes") else 3
+    warn_if_slow(opts.n, opts.steps, passes, name)
+    out = out_dir(args, ws.tag, name, *(module.out_parts(opts) if hasattr(module, "out_parts") else ()))
+    result = module.compute(ws, opts)
+    module.write_outputs(result, out)
+    print(module.report(result) if hasattr(module, "report") else module.markdown(result))
+    print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
+    return out
 
 
 def workspace(args: argparse.Namespace):

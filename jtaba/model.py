@@ -82,8 +82,9 @@ def build(family: str, model_config: dict, dtype=jnp.float32):
 
 def load(model: str, dtype: str = "float32", mesh: Optional[jax.sharding.Mesh] = None) -> Model:
     """Load a jtaba checkpoint written by a converter or the trainer. ``model``: ``"default"`` (the built-in
-    model), a name in the model home (``"adm32"``) or a checkpoint path (``jtaba.home.resolve``). ``dtype``: compute dtype, a
-    ``jtaba.precision`` name ("float32", "tf32" or "bfloat16"); params are always restored as float32 (checkpoints may store float16, e.g. IF). ``mesh``: restore
+    model), a name in the model home (``"adm32"``) or a checkpoint path (``jtaba.home.resolve``). ``dtype``:
+    compute dtype, a ``jtaba.precision`` name ("float32", "tf32" or "bfloat16"); params are always restored as
+    float32 (checkpoints may store float16, e.g. IF). ``mesh``: restore
     the params sharded by the family's ``param_shardings(shapes, mesh)`` rule when it has one (models larger than
     one accelerator), else replicated over the mesh."""
     directory = home.resolve(model).path

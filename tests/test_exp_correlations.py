@@ -144,7 +144,7 @@ def test_correlations_end_to_end(tmp_path):
 
 def test_default_out_folder_names_non_default_settings():
     p = correlations.build_parser()
-    assert correlations._parts(correlations.options_from_args(p.parse_args([]))) == []
+    assert correlations.out_parts(correlations.options_from_args(p.parse_args([]))) == []
     opts = correlations.options_from_args(p.parse_args(["--null-sets", "2", "--null-seed", "1", "--upstream-fp16"]))
-    assert correlations._parts(opts) == ["null2", "nullseed1", "fp16"]
+    assert correlations.out_parts(opts) == ["null2", "nullseed1", "fp16"]
     assert opts == correlations.Options(null_sets=2, null_seed=1, upstream_fp16=True)

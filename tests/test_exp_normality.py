@@ -143,9 +143,9 @@ def test_normality_end_to_end(tmp_path):
 
 def test_default_out_folder_names_non_default_settings():
     p = normality.build_parser()
-    assert normality._parts(normality.options_from_args(p.parse_args([]))) == []
+    assert normality.out_parts(normality.options_from_args(p.parse_args([]))) == []
     opts = normality.options_from_args(p.parse_args(["--limit", "100", "--p-value", "0.01", "--index-seed", "2",
                                                      "--show", "3", "--without-replacement"]))
-    assert normality._parts(opts) == ["limit100", "p0.01", "iseed2", "show3", "norepl"]
+    assert normality.out_parts(opts) == ["limit100", "p0.01", "iseed2", "show3", "norepl"]
     with pytest.raises(SystemExit, match="--limit must be at least 3"):
         normality.main(["--limit", "2"])

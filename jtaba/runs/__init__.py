@@ -9,7 +9,8 @@ fingerprints (``jtaba.runs.fingerprint``) and the reader of finished runs (``jta
 """
 from jtaba.runs.reader import Run, RunNotFinished, find_run, open_run
 from jtaba.runs.run import Workspace, plan, run
-from jtaba.runs.settings import RunSettings
+from jtaba.runs.settings import RunSettings, StandardOptions
 from jtaba.runs.store import RunMismatch
 
-__all__ = ["Run", "RunMismatch", "RunNotFinished", "RunSettings", "find_run", "open_run", "Workspace", "plan", "run"]
+__all__ = ["Run", "RunMismatch", "RunNotFinished", "RunSettings", "StandardOptions", "Workspace", "find_run",
+           "open_run", "plan", "run"]

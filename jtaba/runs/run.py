@@ -255,9 +255,9 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
 
     ``out``: the run folder (a folder holding another run is refused). Without it, a finished run under ``root``
     that serves these settings (same model and input fingerprints and settings, possibly recording more) is
-    reused when ``reuse``; otherwise the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>``, where an interrupted
-    run of the same settings resumes. ``command`` (argv) is recorded in metrics.json; ``mesh``: a 1-D data mesh
-    (default: every device of every process)."""
+    reused when ``reuse``; otherwise the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>``, where
+    an interrupted run of the same settings resumes. ``command`` (argv) is recorded in metrics.json; ``mesh``: a
+    1-D data mesh (default: every device of every process)."""
     settings.check()
     model = _with_schedule(model, settings)
     mfp = model_digest(model)

@@ -96,6 +96,23 @@ class RunSettings:
         precision_lib.check(self.precision)
 
 
+@dataclasses.dataclass(frozen=True)
+class StandardOptions:
+    """What an analysis's options share: the standard sample -> invert -> reconstruct run it starts from (N, T,
+    seed, batch, precision). Analyses subclass it with their own fields (and may change these defaults); analyses
+    that ask for the same standard run share it."""
+    n: int = 512
+    steps: int = 50
+    seed: int = 42
+    batch: int = 128
+    precision: str = "float32"
+
+    def run_settings(self, **overrides) -> RunSettings:
+        """``RunSettings`` of the standard run (reconstruction on, nothing recorded), with ``overrides``."""
+        base = dict(n=self.n, steps=self.steps, seed=self.seed, batch=self.batch, precision=self.precision)
+        return RunSettings(**{**base, **overrides})
+
+
 def identity(s: RunSettings, n: int, model_fingerprint: str) -> dict:
     """The JSON dict that identifies a run of ``n`` samples (resolved) on a model with this fingerprint."""
 
