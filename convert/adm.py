@@ -65,17 +65,29 @@ def target_shapes(config: Config) -> dict[tuple, tuple]:
     return eval_shapes(lambda: net.init(jax.random.key(0), x, t, cond)["params"])
 
 
+def plan(flags: Mapping[str, Any]) -> tuple[dict[str, Any], Config, DiffusionConfig, dict[tuple, tuple]]:
+    """Everything the flags decide, checked before any weights are read: (normalized flags, network Config,
+    DiffusionConfig, target shapes). Raises ``ConversionError`` for unknown names and ``ValueError`` naming a bad
+    value (type, enum, range) or an architecture the flags cannot build."""
+    flags = normalize_flags(flags)
+    config = Config.from_flags(flags)
+    diffusion = DiffusionConfig.from_adm_flags(flags)
+    try:
+        shapes = target_shapes(config)
+    except Exception as e:  # e.g. channels not divisible by GroupNorm's 32 groups or by num_head_channels
+        raise ValueError(f"these flags do not build a guided-diffusion UNet: {type(e).__name__}: {e}") from None
+    return flags, config, diffusion, shapes
+
+
 def convert(state: Mapping[str, Any], flags: Mapping[str, Any], source_name: str = "source") -> tuple[dict, dict]:
     """torch ``UNetModel.state_dict()`` (values torch tensors or arrays, read one at a time) + guided-diffusion
     flags -> (jtaba config dict, nested Flax params of numpy float32). Raises ``ConversionError`` naming every
-    missing, unexpected and wrong-shape key."""
-    flags = normalize_flags(flags)
-    config = Config.from_flags(flags)
-    shapes = target_shapes(config)
+    missing, unexpected and wrong-shape key (after ``plan`` checked the flags)."""
+    flags, config, diffusion, shapes = plan(flags)
     rules = {path: rule_for(path, shape) for path, shape in shapes.items()}
     params = apply_rules(state, shapes, rules, source_name=source_name)
-    config_dict = {"family": "adm", "model": config.to_dict(),
-                   "diffusion": DiffusionConfig.from_adm_flags(flags).to_dict(), "extras": {"flags": flags}}
+    config_dict = {"family": "adm", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
+                   "extras": {"flags": flags}}
     return config_dict, params
 
 
@@ -113,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):
         flags = PRESETS[args.model] if args.model else read_flags_file(args.flags)
+        try:  # every flag value checked before the (possibly large) weights are read
+            plan(flags)
+        except (ConversionError, ValueError) as e:
+            fail(f"{'--flags ' + args.flags if args.flags else '--model ' + args.model}: {e}")
         try:
             state = load_state_dict(args.src)
         except Exception as e:  # torch.load raises RuntimeError / UnpicklingError / OSError on bad files

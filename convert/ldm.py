@@ -86,9 +86,9 @@ def convert_unet_folder(folder: str) -> tuple[dict, dict]:
     """Pipeline folder -> (jtaba config dict of family ``unet2d`` with the scheduler's schedule, params)."""
     unet_dir = os.path.join(folder, "unet")
     sched = _read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
+    diffusion = DiffusionConfig.from_diffusers_scheduler(sched, learned_sigma=False)  # checked before the weights
     config, params = convert_unet(load_state_dict(unet_dir), _read_json(os.path.join(unet_dir, "config.json")),
                                   source_name=unet_dir)
-    diffusion = DiffusionConfig.from_diffusers_scheduler(sched, learned_sigma=False)
     return {"family": "unet2d", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
             "extras": {"decoder": "decoder"}}, params
 
@@ -99,6 +99,20 @@ def convert_vq_folder(folder: str) -> tuple[dict, dict]:
     config, params = convert_vq(load_state_dict(vq_dir), _read_json(os.path.join(vq_dir, "config.json")),
                                 source_name=vq_dir)
     return {"family": "vq", "model": config.to_dict(), "extras": {}}, params
+
+
+def check_configs(folder: str) -> None:
+    """Every config of the pipeline folder present and accepted (UNet and VQ options, the schedule), so a bad
+    value is named before any weights are read."""
+    unet_cfg, vq_cfg, sched = (_read_json(os.path.join(folder, name)) for name in CONFIGS)
+    for what, check in (("unet/config.json", lambda: unet2d.Config.from_diffusers(unet_cfg)),
+                        ("vqvae/config.json", lambda: vq.Config.from_diffusers(vq_cfg)),
+                        ("scheduler/scheduler_config.json",
+                         lambda: DiffusionConfig.from_diffusers_scheduler(sched, learned_sigma=False))):
+        try:
+            check()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{os.path.join(folder, what)}: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.src if os.path.isdir(args.src) else fetch(args.src)
         decoder_dir = os.path.join(args.out, "decoder")
         try:  # one model in memory at a time
-            for name in CONFIGS:  # all present before anything is written
-                _read_json(os.path.join(folder, name))
+            check_configs(folder)  # all present and valid before any weights are read
             unet_ckpt, params = convert_unet_folder(folder)
             unet_ckpt["extras"]["source"] = args.src
             save_checkpoint(args.out, unet_ckpt, params)

@@ -15,6 +15,15 @@ from typing import Any
 from jtaba.config import ConfigBase
 
 CLIP_MODES = ("none", "clip", "threshold")
+KINDS = ("adm", "diffusers")
+# The beta schedules each kind computes (guided_diffusion get_named_beta_schedule / diffusers DDIMScheduler).
+BETA_SCHEDULES = {"adm": ("linear", "cosine"), "diffusers": ("linear", "scaled_linear", "squaredcos_cap_v2")}
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # linspace: sampling only (no DDIMInverseScheduler form)
+SCHEDULE_DTYPES = ("float32", "float16")
+
+
+# diffusers scheduler options whose other values change the step (each with the one value supported).
+_SCHEDULER_FIXED = {"prediction_type": "epsilon", "trained_betas": None, "rescale_betas_zero_snr": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,21 +46,61 @@ class DiffusionConfig(ConfigBase):
     schedule_dtype: str = "float32"  # diffusers only: scheduler arithmetic in "float32" or "float16" (upstream fp16)
 
     def __post_init__(self):
-        if self.kind not in ("adm", "diffusers"):
-            raise ValueError(f"DiffusionConfig.kind must be 'adm' or 'diffusers', got {self.kind!r}")
-        for name in ("sample_clip", "invert_clip"):
-            if getattr(self, name) not in CLIP_MODES:
-                raise ValueError(f"DiffusionConfig.{name} must be one of {CLIP_MODES}, got {getattr(self, name)!r}")
+        """Every value checked here, so a bad one (a misspelt schedule in a converter's flags) is refused when the
+        config is built, before any weights are read, rather than when a run first needs it."""
+        def bad(name: str, want: str) -> ValueError:
+            return ValueError(f"DiffusionConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def one_of(name: str, allowed) -> None:
+            if getattr(self, name) not in allowed:
+                raise bad(name, "one of " + ", ".join(map(repr, allowed)))
+
+        one_of("kind", KINDS)
+        if self.beta_schedule not in BETA_SCHEDULES[self.kind]:
+            raise ValueError(f"DiffusionConfig.beta_schedule must be one of "
+                             f"{', '.join(map(repr, BETA_SCHEDULES[self.kind]))} for kind {self.kind!r}, got "
+                             f"{self.beta_schedule!r}" + (" (guided-diffusion noise_schedule)" if self.kind == "adm"
+                                                          else ""))
+        one_of("timestep_spacing", TIMESTEP_SPACINGS)
+        one_of("sample_clip", CLIP_MODES)
+        one_of("invert_clip", CLIP_MODES)
+        one_of("schedule_dtype", SCHEDULE_DTYPES)
+        for name in ("rescale_timesteps", "set_alpha_to_one", "learned_sigma"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "a bool")
+        for name, low in (("num_train_timesteps", 1), ("steps_offset", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise bad(name, f"an int >= {low}")
+        for name in ("beta_start", "beta_end", "clip_range", "threshold_ratio", "threshold_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise bad(name, "a positive number")
+        if not (self.beta_start <= self.beta_end < 1):
+            raise ValueError(f"DiffusionConfig: need 0 < beta_start <= beta_end < 1, got beta_start "
+                             f"{self.beta_start!r}, beta_end {self.beta_end!r}")
+        if self.threshold_ratio > 1:
+            raise bad("threshold_ratio", "a quantile in (0, 1]")
 
     @classmethod
     def from_adm_flags(cls, flags: dict[str, Any]) -> "DiffusionConfig":
-        """From guided-diffusion ``create_model_and_diffusion`` flags (ADM always clips x0 to [-1, 1])."""
+        """From guided-diffusion ``create_model_and_diffusion`` flags (ADM always clips x0 to [-1, 1]). Only
+        eps-predicting models: ``predict_xstart`` true is refused."""
+        if flags.get("predict_xstart", False):
+            raise ValueError("guided-diffusion flag predict_xstart=True (the network predicts x0) is not supported: "
+                             "jtaba's DDIM steps read the network output as eps")
+        for name in ("rescale_timesteps", "learn_sigma"):
+            if not isinstance(flags.get(name, False), bool):
+                raise ValueError(f"guided-diffusion flag {name} must be true or false, got {flags[name]!r}")
+        steps = flags.get("diffusion_steps", 1000)
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"guided-diffusion flag diffusion_steps must be an int, got {steps!r}")
         return cls(
             kind="adm",
             beta_schedule=flags.get("noise_schedule", "linear"),
-            num_train_timesteps=int(flags.get("diffusion_steps", 1000)),
-            rescale_timesteps=bool(flags.get("rescale_timesteps", False)),
-            learned_sigma=bool(flags.get("learn_sigma", False)),
+            num_train_timesteps=steps,
+            rescale_timesteps=flags.get("rescale_timesteps", False),
+            learned_sigma=flags.get("learn_sigma", False),
             sample_clip="clip",
             invert_clip="clip",
         )
@@ -60,6 +109,11 @@ class DiffusionConfig(ConfigBase):
     def from_diffusers_scheduler(cls, cfg: dict[str, Any], learned_sigma: bool) -> "DiffusionConfig":
         """From a diffusers scheduler_config.json (DDIM/DDPM); thresholding applies to sampling only and inversion
         clamps when ``clip_sample`` or ``thresholding`` is set (IF, reference §1.6, §6.5)."""
+        unsupported = {k: cfg[k] for k, ok in _SCHEDULER_FIXED.items() if cfg.get(k, ok) != ok}
+        if unsupported:
+            raise ValueError("scheduler options not supported (jtaba's DDIM reads the network output as eps on the "
+                             "config's beta schedule): " + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+                             + "; supported: " + ", ".join(f"{k}={v!r}" for k, v in _SCHEDULER_FIXED.items()))
         thresh = bool(cfg.get("thresholding", False))
         clip = bool(cfg.get("clip_sample", True))
         return cls(

@@ -1,6 +1,7 @@
 """convert/adm.py: key accounting against the real ADM-32/64/256 layouts, error reporting, presets, CLI."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -140,3 +141,23 @@ def test_cli_bad_file_exits_with_message(tmp_path):
     assert proc.returncode != 0
     assert "error:" in proc.stderr and "bad.pt" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("noise_schedule", "cosin", "noise_schedule"), ("diffusion_steps", 0, "diffusion_steps"),
+    ("learn_sigma", "true", "learn_sigma"), ("num_channels", "128", "num_channels"),
+    ("attention_resolutions", "16,x", "attention_resolutions"), ("dropout", 1.5, "dropout"),
+    ("predict_xstart", True, "predict_xstart"), ("num_head_channels", 0, "num_head_channels"),
+    ("num_channels", 48, "do not build")])
+def test_bad_flag_values_are_refused_before_reading_weights(tmp_path, capsys, flag, value, needle):
+    """A misspelt schedule (or any bad value) is named at conversion time, before the weights are read (--src
+    does not even exist here), and nothing is written."""
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps({**PRESETS["adm32"], flag: value}))
+    with pytest.raises(SystemExit):
+        main(["--flags", str(flags_file), "--src", str(tmp_path / "never_read.pt"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert needle in err and "never_read" not in err, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=needle):
+        convert({}, {**PRESETS["adm32"], flag: value})

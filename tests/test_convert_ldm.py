@@ -107,3 +107,25 @@ def test_hub_id_offline_says_what_to_download(tmp_path, capsys):
     assert f"hf download {ldm.HUB_ID}" in err and "--include 'unet/*'" in err
     assert "--src ldm-celebahq-256" in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("key,value", [("beta_schedule", "scaled_linaer"), ("timestep_spacing", "lead"),
+                                       ("prediction_type", "v_prediction")])
+def test_bad_scheduler_value_refused_before_weights(pipeline, tmp_path, capsys, key, value):
+    """A bad scheduler value is named before any weights are read: here the weights are absent altogether."""
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    for sub in ("unet", "vqvae", "scheduler"):
+        (src / sub).mkdir(parents=True)
+        for f in os.listdir(pipeline / sub):
+            if f.endswith(".json"):
+                shutil.copy(pipeline / sub / f, src / sub / f)
+    path = src / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(SystemExit):
+        ldm.main(["--src", str(src), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert key in err and repr(value) in err and "scheduler_config.json" in err, err
+    assert not (tmp_path / "out").exists()

@@ -58,6 +58,53 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Flag checks (``validate_flags``): booleans, and integers with their lower bound (-1 = "unset" where allowed).
+_BOOL_FLAGS = tuple(k for k, v in FLAG_DEFAULTS.items() if isinstance(v, bool))
+_INT_FLAGS = {"image_size": 1, "num_channels": 1, "num_res_blocks": 1, "num_heads": 1, "diffusion_steps": 1}
+_INT_OR_UNSET_FLAGS = ("num_heads_upsample", "num_head_channels")
+NOISE_SCHEDULES = ("linear", "cosine")
+
+
+def _int_list(name: str, value: Any) -> tuple[int, ...]:
+    """A comma-separated string of positive ints (or a list of them / one int) -> tuple."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        out = tuple(int(str(v).strip()) for v in items)
+    except ValueError:
+        out = ()
+    if not out or any(v < 1 for v in out) or isinstance(value, bool):
+        raise ValueError(f"guided-diffusion flag {name} must be comma-separated positive ints (e.g. \"16,8\"), "
+                         f"got {value!r}")
+    return out
+
+
+def validate_flags(flags: Mapping[str, Any]) -> None:
+    """Check every guided-diffusion flag's value (types, enums, ranges), naming the first bad one; flags outside
+    ``FLAG_DEFAULTS`` are not looked at (the caller decides about unknown names)."""
+    for name in _BOOL_FLAGS:
+        if name in flags and not isinstance(flags[name], bool):
+            raise ValueError(f"guided-diffusion flag {name} must be true or false, got {flags[name]!r}")
+    for name, low in [*_INT_FLAGS.items(), *((n, None) for n in _INT_OR_UNSET_FLAGS)]:
+        if name not in flags:
+            continue
+        v = flags[name]
+        ok = isinstance(v, int) and not isinstance(v, bool) and (v >= low if low else (v == -1 or v >= 1))
+        if not ok:
+            want = f"an int >= {low}" if low else "-1 (unset) or an int >= 1"
+            raise ValueError(f"guided-diffusion flag {name} must be {want}, got {v!r}")
+    if "dropout" in flags:
+        v = flags["dropout"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"guided-diffusion flag dropout must be a number in [0, 1), got {v!r}")
+    if flags.get("noise_schedule", "linear") not in NOISE_SCHEDULES:
+        raise ValueError(f"guided-diffusion flag noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}, got "
+                         f"{flags['noise_schedule']!r}")
+    if "attention_resolutions" in flags:
+        _int_list("attention_resolutions", flags["attention_resolutions"])
+    if flags.get("channel_mult", "") not in ("", None):
+        _int_list("channel_mult", flags["channel_mult"])
+
+
 # script_util.create_model: channel_mult "" -> chosen by image size (the taba fork adds 32).
 DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2),
@@ -88,16 +135,18 @@ class Config(ConfigBase):
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> "Config":
-        """From guided-diffusion ``create_model_and_diffusion`` flags (missing ones take upstream defaults)."""
+        """From guided-diffusion ``create_model_and_diffusion`` flags (missing ones take upstream defaults); every
+        value is checked first (``validate_flags``)."""
+        validate_flags(flags)
         f = {**FLAG_DEFAULTS, **flags}
         size = int(f["image_size"])
-        if f["channel_mult"] == "":
+        if f["channel_mult"] in ("", None):
             if size not in DEFAULT_CHANNEL_MULT:
                 raise ValueError(f"unsupported image size: {size} (give channel_mult explicitly)")
             mult = DEFAULT_CHANNEL_MULT[size]
         else:
-            mult = tuple(int(m) for m in str(f["channel_mult"]).split(","))
-        attention_ds = tuple(size // int(res) for res in str(f["attention_resolutions"]).split(","))
+            mult = _int_list("channel_mult", f["channel_mult"])
+        attention_ds = tuple(size // res for res in _int_list("attention_resolutions", f["attention_resolutions"]))
         return cls(
             image_size=size,
             model_channels=int(f["num_channels"]),
