@@ -44,6 +44,10 @@ class DiffusionConfig(ConfigBase):
     threshold_ratio: float = 0.995  # dynamic thresholding quantile (IF: 0.95)
     threshold_max: float = 1.5
     schedule_dtype: str = "float32"  # diffusers only: scheduler arithmetic in "float32" or "float16" (upstream fp16)
+    # Classifier-free guidance on the first ``guidance_channels`` eps channels only, the rest taken from the
+    # conditional prediction unguided (facebookresearch/DiT ``forward_with_cfg``: 3 of a DiT's 4); None = every
+    # eps channel (diffusers' pipelines, IF, the usual CFG).
+    guidance_channels: int | None = None
 
     def __post_init__(self):
         """Every value checked here, so a bad one (a misspelt schedule in a converter's flags) is refused when the
@@ -81,6 +85,17 @@ class DiffusionConfig(ConfigBase):
                              f"{self.beta_start!r}, beta_end {self.beta_end!r}")
         if self.threshold_ratio > 1:
             raise bad("threshold_ratio", "a quantile in (0, 1]")
+        g = self.guidance_channels
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise bad("guidance_channels", "None (every eps channel) or an int >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; ``guidance_channels`` is left out while None (every channel), so config.json files and
+        run fingerprints of models from before the field existed stay what they were."""
+        d = super().to_dict()
+        if d["guidance_channels"] is None:
+            del d["guidance_channels"]
+        return d
 
     @classmethod
     def from_adm_flags(cls, flags: dict[str, Any]) -> "DiffusionConfig":

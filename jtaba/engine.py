@@ -2,7 +2,7 @@
 ``jax.lax.scan`` over a ``StepTable`` (see ``jtaba.schedules``). Arrays here are NHWC; the public API converts.
 
 A step (loop index i, table row r):
-    eps   = network(x, r.label)[..., :C]          (classifier-free guidance when enabled)
+    eps   = network(x, r.label)[..., :C]          (classifier-free guidance when enabled: ``guide``)
     eps   = swap_eps[i]            if i < K_swap   (kind "eps")
     x0    = r.c_x·x − r.c_eps·eps ; clip / threshold it as the model declares (a swapped eps bypasses the ADM clip)
     eps   = (r.c_x·x − x0)/r.c_eps                 (adm only: eps re-derived from the clipped x0)
@@ -71,15 +71,26 @@ def treat_x0(x0: jax.Array, mode: str, cfg: DiffusionConfig) -> jax.Array:
     return x0
 
 
+def guide(out_c: jax.Array, out_u: jax.Array, guidance, channels: int | None = None) -> jax.Array:
+    """Classifier-free guidance ε_u + s·(ε_c − ε_u) of conditional / unconditional ε (..., C). ``channels`` k
+    (``DiffusionConfig.guidance_channels``): only the first k channels are guided and the rest are ε_c
+    (facebookresearch/DiT ``forward_with_cfg`` guides 3 of 4); None = every channel (diffusers)."""
+    guided = out_u + guidance * (out_c - out_u)
+    if channels is None or channels >= out_c.shape[-1]:
+        return guided
+    return jnp.concatenate([guided[..., :channels], out_c[..., channels:]], axis=-1)
+
+
 def predict_eps(spec: LoopSpec, params, x, label, cond, null_cond, guidance) -> jax.Array:
-    """Network ε at one label for a batch x (B, H, W, C); learned-σ channels dropped; CFG on ε when guided."""
+    """Network ε at one label for a batch x (B, H, W, C); learned-σ channels dropped; CFG on ε when guided, on the
+    channels the model's ``guidance_channels`` names (``guide``)."""
     channels = x.shape[-1]
     t = jnp.full((x.shape[0],), label, jnp.float32)
     if spec.guided:
         both = jnp.concatenate([cond, null_cond], axis=0)
         out = spec.network.apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
         out_c, out_u = jnp.split(out[..., :channels], 2, axis=0)
-        return (out_u + guidance * (out_c - out_u)).astype(jnp.float32)
+        return guide(out_c, out_u, guidance, spec.diffusion.guidance_channels).astype(jnp.float32)
     out = spec.network.apply({"params": params}, x, t, cond)
     return out[..., :channels].astype(jnp.float32)
 

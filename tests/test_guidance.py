@@ -41,3 +41,37 @@ def test_guided_step_matches_manual_combination(tiny):  # noqa: F811
     plain = jtaba.sample(model, x, steps=4, cond=y).x
     one = jtaba.sample(model, x, steps=4, cond=y, guidance=jnp.float32(1.0)).x  # traced 1.0 takes the guided path
     np.testing.assert_allclose(np.asarray(one), np.asarray(plain), atol=1e-4 * float(jnp.max(jnp.abs(plain))))
+
+
+def test_guidance_conventions_facebook_and_diffusers(tiny):  # noqa: F811
+    """``guidance_channels``: None (diffusers' DiTPipeline) guides every ε channel; 3 (facebookresearch/DiT
+    ``forward_with_cfg``) guides channels 0-2 and keeps channel 3 of the conditional prediction, unguided."""
+    config, params = tiny
+    params = jax.tree.map(jnp.asarray, params)
+    rng = np.random.default_rng(1)
+    xh = jnp.asarray(rng.standard_normal((2, 8, 8, 4)).astype(np.float32))
+    y = jnp.asarray([207, 88], jnp.int32)
+    null = dit.null_cond(config, 2)
+    base = DiffusionConfig.from_diffusers_scheduler(DDIM, learned_sigma=True)
+    net = dit.Network(config)
+    direct = {}
+    for s in (0.0, 4.0):
+        for name, channels in (("diffusers", None), ("facebook", 3)):
+            spec = engine.LoopSpec(network=net, diffusion=base.replace(guidance_channels=channels), steps=10,
+                                   invert=False, guided=True)
+            label = float(spec.table().label[0])
+            out_c = np.asarray(net.apply({"params": params}, xh, jnp.full((2,), label), y))[..., :4]
+            out_u = np.asarray(net.apply({"params": params}, xh, jnp.full((2,), label), null))[..., :4]
+            want = out_u + s * (out_c - out_u)  # computed here in numpy, channel by channel
+            if channels == 3:
+                want[..., 3] = out_c[..., 3]
+            _, eps, _ = engine.run_step(spec, params, xh, 0, y, null, s)
+            np.testing.assert_allclose(np.asarray(eps), want, atol=2e-5, err_msg=f"{name} s={s}")
+            direct[name, s] = np.asarray(eps)
+    # the conventions agree on channels 0-2 and differ on channel 3 once s != 1
+    np.testing.assert_allclose(direct["facebook", 4.0][..., :3], direct["diffusers", 4.0][..., :3], atol=1e-6)
+    assert np.max(np.abs(direct["facebook", 4.0][..., 3] - direct["diffusers", 4.0][..., 3])) > 1e-3
+    # the direct helper, and its bounds: k >= C is every channel
+    a, b = jnp.ones((1, 2, 2, 4)), jnp.zeros((1, 2, 2, 4))
+    np.testing.assert_array_equal(engine.guide(a, b, 2.0, 4), engine.guide(a, b, 2.0))
+    np.testing.assert_array_equal(engine.guide(a, b, 2.0, 1)[0, 0, 0], [2.0, 1.0, 1.0, 1.0])
