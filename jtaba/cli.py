@@ -131,7 +131,8 @@ def run_analysis(module, argv=None) -> str:
     ``markdown(result)``; optionally ``options_from_args(args)`` (checks, parsing), ``out_parts(opts)`` (folder
     name parts for its own settings), ``report(result)`` (console summary) and ``network_passes(ws, opts)`` (the
     number of N x T network passes, for the slow-CPU note; default 3)."""
-    name = module.__name__.rsplit(".", 1)[-1]
+    spec = getattr(module, "__spec__", None)  # under `python -m`, __name__ is "__main__"
+    name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
     args = module.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     opts = module.options_from_args(args) if hasattr(module, "options_from_args") else \
         options_from_args(module.Options, args)

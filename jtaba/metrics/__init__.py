@@ -16,5 +16,6 @@ from jtaba.metrics.plain import find_plain_areas, masked_mean_std, plain_stats
 from jtaba.metrics.triangles import (Triangle, angle_histogram, calc_angles, calc_distances, find_max_prob_triangle,
                                      most_probable_triangle, vertex_angles)
 from jtaba.metrics.normality import normality_counts, qq_quantiles, shapiro_normality, shapiro_p_values
-from jtaba.metrics.attractors import attractor_counts, lowest_variance, most_attractive, sample_variances
+from jtaba.metrics.attractors import (attractor_counts, lowest_variance, most_attractive, sample_mean_squares,
+                                      sample_variances)
 from jtaba.metrics.trajectory import closer_to_noise, closer_to_noise_fraction
