@@ -3,6 +3,13 @@ AutoencoderKL into a jtaba checkpoint: DIR (family ``dit``) and DIR/decoder (fam
 
 Run from the repository root: ``python convert/dit.py --src facebook/DiT-XL-2-256 --out DIR`` (see ``--help``).
 
+Without a VAE (``--no-vae``, or a facebook .pt / transformer folder given no ``--vae``) only DIR is written: sampling
+and inversion work on latents, ``jtaba.decode`` says no decoder is stored. ``--guidance`` records which classifier-
+free guidance convention the model uses (``DiffusionConfig.guidance_channels``): ``diffusers`` (default, every eps
+channel, diffusers' DiTPipeline) or ``facebook`` (facebookresearch/DiT ``forward_with_cfg``: the first 3 channels
+guided, the 4th taken unguided from the conditional prediction). Every flag and config value is checked before any
+weights are read.
+
 Both layouts map onto the same Flax params (``jtaba.models.dit``). diffusers repeats the timestep/label embedder
 in every block: the copies are checked tensor by tensor; equal copies (the hub checkpoint) become the single
 shared embedder, distinct ones are kept per block (``Config.block_embedders``).
@@ -36,6 +43,8 @@ DIT_HUB_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_schedule": "linear", 
                      "beta_end": 0.02, "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": True,
                      "steps_offset": 0, "prediction_type": "epsilon", "timestep_spacing": "leading"}
 VAE_HUB_IDS = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")
+# --guidance: DiffusionConfig.guidance_channels of each convention.
+GUIDANCE = {"diffusers": None, "facebook": 3}
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -180,11 +189,12 @@ def download(repo_id: str, patterns: list[str]) -> str:
              + f" --local-dir {repo_id.split('/')[-1]}\nthen pass that folder instead of the hub id.")
 
 
-def fetch_pipeline(repo_id: str) -> str:
-    """Download the DiT pipeline files (configs, transformer and vae weights) of a hub repository."""
-    folder = download(repo_id, ["*.json", "transformer/diffusion_pytorch_model.safetensors",
-                                "vae/diffusion_pytorch_model.safetensors"])
-    missing = [c for c in ("transformer", "vae") if not _has_weights(os.path.join(folder, c))]
+def fetch_pipeline(repo_id: str, with_vae: bool = True) -> str:
+    """Download the DiT pipeline files (configs, transformer and, ``with_vae``, vae weights) of a hub
+    repository."""
+    parts = ("transformer", "vae") if with_vae else ("transformer",)
+    folder = download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.safetensors" for c in parts])
+    missing = [c for c in parts if not _has_weights(os.path.join(folder, c))]
     if missing:  # repositories with .bin weights only
         folder = download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.bin" for c in missing])
     return folder
@@ -203,6 +213,19 @@ def resolve_vae(src: str) -> str:
              f"({' / '.join(VAE_HUB_IDS)})")
     folder = download(src, ["config.json", "diffusion_pytorch_model.safetensors"])
     return folder if _has_weights(folder) else download(src, ["config.json", "diffusion_pytorch_model.bin"])
+
+
+def check_vae_config(folder: str) -> None:
+    """The AutoencoderKL folder's config.json present and accepted (before its weights are read)."""
+    from jtaba.models import vae
+
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} missing (expected a diffusers AutoencoderKL folder)")
+    try:
+        vae.Config.from_diffusers(_read_json(path))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def convert_vae(folder: str) -> tuple[dict, dict]:
@@ -231,9 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="facebook .pt only: JSON object of models.DiT constructor arguments (input_size, "
                         "patch_size, hidden_size, depth, num_heads, ...; or an object with a 'config' key such as "
                         "a golden config.json); default DiT-XL/2 with input_size read from pos_embed")
-    p.add_argument("--vae", help="AutoencoderKL for DIR/decoder: local diffusers folder or hub id "
-                                 f"({' / '.join(VAE_HUB_IDS)}); required for a .pt or a transformer-only folder, "
-                                 "default the pipeline's vae/")
+    vae = p.add_mutually_exclusive_group()
+    vae.add_argument("--vae", help="AutoencoderKL for DIR/decoder: local diffusers folder or hub id "
+                                   f"({' / '.join(VAE_HUB_IDS)}); default the pipeline's vae/, none for a .pt or "
+                                   "a transformer-only folder (then no decoder/ is written)")
+    vae.add_argument("--no-vae", action="store_true",
+                     help="write no DIR/decoder even when the source has a VAE (sampling and inversion work on "
+                          "latents; jtaba.decode then says no decoder is stored); default: convert the VAE")
+    p.add_argument("--guidance", choices=sorted(GUIDANCE), default="diffusers",
+                   help="classifier-free guidance convention stored with the model: diffusers = guide every eps "
+                        "channel (diffusers DiTPipeline), facebook = guide the first 3 channels and keep the 4th "
+                        "conditional (facebookresearch/DiT forward_with_cfg, 'for exact reproducibility')")
     add_common_args(p)
     return p
 
@@ -241,15 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _facebook_flags(path: str | None) -> dict:
     if path is None:
         return {}
-    flags = _read_json(path)
+    try:
+        flags = _read_json(path)
+    except OSError as e:
+        fail(f"--flags {path}: cannot read it ({e.strerror})")
+    except ValueError as e:
+        fail(f"--flags {path}: not valid JSON ({e})")
     if not isinstance(flags, dict):
         fail(f"--flags {path}: expected a JSON object")
-    return flags.get("config", flags.get("flags", flags))
+    flags = flags.get("config", flags.get("flags", flags))
+    if not isinstance(flags, dict):
+        fail(f"--flags {path}: expected a JSON object of models.DiT arguments")
+    return flags
 
 
 def resolve_source(args) -> dict:
-    """Where each part comes from: {"pt" | "transformer": path, "vae": folder or hub id, "scheduler": config,
-    "extras": {...}}; hub ids are downloaded. Fails early (before any conversion) when no VAE is known."""
+    """Where each part comes from: {"pt" | "transformer": path, "vae": folder, hub id or None, "scheduler": config,
+    "extras": {...}}; hub ids are downloaded (the VAE only when it will be converted)."""
     src = args.src
     out = {"scheduler": DIT_HUB_SCHEDULER, "vae": args.vae, "extras": {"source": src}}
     if os.path.isfile(src):
@@ -259,21 +298,50 @@ def resolve_source(args) -> dict:
         if args.flags:
             fail("--flags applies to a facebook .pt only (diffusers folders carry their config.json)")
         if not os.path.exists(src):
-            src = fetch_pipeline(src)
+            src = fetch_pipeline(src, with_vae=not (args.no_vae or args.vae))
         out["transformer"] = src
         out["extras"]["layout"] = "diffusers"
         if os.path.isdir(os.path.join(src, "transformer")):  # pipeline folder
             out["transformer"] = os.path.join(src, "transformer")
-            out["vae"] = args.vae or os.path.join(src, "vae")
+            if args.vae is None and os.path.isdir(os.path.join(src, "vae")):
+                out["vae"] = os.path.join(src, "vae")
             sched = os.path.join(src, "scheduler", "scheduler_config.json")
             if os.path.exists(sched):
                 out["scheduler"] = _read_json(sched)
             index = os.path.join(src, "model_index.json")
             if os.path.exists(index) and "id2label" in _read_json(index):
                 out["extras"]["id2label"] = _read_json(index)["id2label"]
-    if out["vae"] is None:
-        fail(f"{args.src} carries no VAE: pass --vae (a diffusers AutoencoderKL folder or {' / '.join(VAE_HUB_IDS)})")
+    if args.no_vae:
+        out["vae"] = None
     return out
+
+
+def check_before_weights(source: dict, args, vae_folder: str | None) -> DiffusionConfig:
+    """Every value the conversion depends on, checked before any weights are read: the DiT arguments (facebook
+    --flags) or config.json, the schedule, the VAE's config.json; returns the DiffusionConfig with the
+    ``--guidance`` convention (its ``learned_sigma`` is set from the converted network later)."""
+    if "pt" in source:
+        flags = _facebook_flags(args.flags)
+        probe = dict(flags)
+        if "input_size" not in probe:  # read from pos_embed later; any multiple of the patch checks the rest
+            patch = probe.get("patch_size", 2)
+            probe["input_size"] = patch if isinstance(patch, int) and not isinstance(patch, bool) and patch > 0 else 2
+        dit.Config.from_facebook(probe)
+    else:
+        path = os.path.join(source["transformer"], "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} missing (expected a DiTTransformer2DModel folder or a DiT pipeline)")
+        try:
+            dit.Config.from_diffusers(_read_json(path))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+    try:
+        diffusion = DiffusionConfig.from_diffusers_scheduler(source["scheduler"], learned_sigma=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"scheduler config: {e}") from None
+    if vae_folder is not None:
+        check_vae_config(vae_folder)
+    return diffusion.replace(guidance_channels=GUIDANCE[args.guidance])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -282,7 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         source = resolve_source(args)
         extras = source["extras"]
         try:
-            vae_config, vae_params = convert_vae(resolve_vae(source["vae"]))  # small; its errors come first
+            vae_folder = None if source["vae"] is None else resolve_vae(source["vae"])
+            diffusion = check_before_weights(source, args, vae_folder)
+            if vae_folder is not None:
+                vae_config, vae_params = convert_vae(vae_folder)  # small; its errors come first
             if "pt" in source:
                 state = load_state_dict(source["pt"])
                 kwargs = facebook_input_size(state, _facebook_flags(args.flags))
@@ -294,15 +365,23 @@ def main(argv: list[str] | None = None) -> None:
                 config, params = convert_diffusers(state, _read_json(os.path.join(tdir, "config.json")),
                                                    source_name=tdir)
             del state
-            diffusion = DiffusionConfig.from_diffusers_scheduler(source["scheduler"], learned_sigma=config.learn_sigma)
+            diffusion = diffusion.replace(learned_sigma=config.learn_sigma)
         except (ConversionError, ValueError, FileNotFoundError) as e:
             fail(str(e))
+        extras.update(latent=True, guidance=args.guidance, decoder="decoder" if vae_folder is not None else None)
         save_checkpoint(args.out, {"family": "dit", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
                                    "extras": extras}, params)
         del params
-        save_checkpoint(os.path.join(args.out, "decoder"), vae_config, vae_params)
-        print(f"converted (dit, {config.input_size}x{config.input_size} latents, depth {config.depth}) "
-              f"and {os.path.join(args.out, 'decoder')} (vae)")
+        if vae_folder is not None:
+            save_checkpoint(os.path.join(args.out, "decoder"), vae_config, vae_params)
+            print(f"converted (dit, {config.input_size}x{config.input_size} latents, depth {config.depth}, "
+                  f"{args.guidance} guidance) and {os.path.join(args.out, 'decoder')} (vae)")
+        else:
+            why = "--no-vae" if args.no_vae else f"{args.src} carries no VAE and no --vae was given"
+            print(f"converted (dit, {config.input_size}x{config.input_size} latents, depth {config.depth}, "
+                  f"{args.guidance} guidance) without a decoder ({why}): sampling and inversion work on latents; "
+                  f"to decode, convert again with --vae ({' / '.join(VAE_HUB_IDS)} or a diffusers AutoencoderKL "
+                  "folder)")
 
 
 if __name__ == "__main__":

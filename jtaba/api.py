@@ -161,6 +161,11 @@ def decode(model: Model, z, precision: Optional[str] = None) -> jax.Array:
     """Decode diffusion-space latents (B, C, h, w) of a latent model to images (B, 3, H, W) (not clamped):
     ``decoder.decode(z · (1/scaling_factor))`` (VQ models re-quantize; scaling 1). ``precision`` as in ``sample``."""
     if model.decoder is None:
+        if model.extras.get("latent") or model.family == "dit":
+            raise ValueError(f"this {model.family} model works on latents but its checkpoint stores no decoder (no "
+                             f"decoder/ folder: it was converted without a VAE). Sampling and inversion work; to "
+                             f"decode, convert it again with a VAE (convert/dit.py --vae ...), or decode the "
+                             f"latents with that VAE yourself")
         raise ValueError(f"this {model.family} model works in pixel space: there is nothing to decode")
     model, precision = _precise(model, precision)
     dec = model.decoder

@@ -146,11 +146,87 @@ def _main_error(capsys, *args):
 
 
 def test_cli_messages(tmp_path, capsys):
-    pt, flags = golden_path("dit", "dit_tiny", "model.pt"), golden_path("dit", "dit_tiny", "config.json")
-    assert "--vae" in _main_error(capsys, "--src", pt, "--flags", flags, "--out", str(tmp_path / "a"))
-    vae = golden_path("dit_pipeline_tiny", "vae")
+    pt, vae = golden_path("dit", "dit_tiny", "model.pt"), golden_path("dit_pipeline_tiny", "vae")
     # default XL/2 flags (input_size read from pos_embed) do not fit the tiny model
     assert "pos_embed" in _main_error(capsys, "--src", pt, "--vae", vae, "--out", str(tmp_path / "b"))
+    assert "not allowed with argument --vae" in _main_error(capsys, "--src", pt, "--vae", vae, "--no-vae",
+                                                             "--out", str(tmp_path / "c"))
+    assert "invalid choice: 'glide'" in _main_error(capsys, "--src", pt, "--guidance", "glide", "--out",
+                                                     str(tmp_path / "d"))
+
+
+def test_cli_facebook_pt_without_vae(tmp_path, capsys):
+    """No --vae for a facebook .pt: DIR only (no decoder/); sampling works on latents, decode says why not."""
+    import jtaba
+
+    out = tmp_path / "dit"
+    cdit.main(["--src", golden_path("dit", "dit_tiny", "model.pt"), "--flags",
+               golden_path("dit", "dit_tiny", "config.json"), "--out", str(out)])
+    note = capsys.readouterr().out
+    assert "without a decoder" in note and "--vae" in note
+    assert sorted(os.listdir(out)) == ["config.json", "params"]
+    m = jmodel.load(str(out))
+    assert m.decoder is None and m.extras["latent"] and m.extras["decoder"] is None
+    assert m.diffusion.guidance_channels is None and m.extras["guidance"] == "diffusers"
+    z = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    lat = jtaba.sample(m, z, steps=2, cond=np.array([1, 2], np.int32)).x
+    assert lat.shape == (2, 4, 8, 8) and bool(jnp.all(jnp.isfinite(lat)))
+    with pytest.raises(ValueError, match="stores no decoder .*converted without a VAE"):
+        jtaba.decode(m, lat)
+
+
+def test_cli_no_vae_and_facebook_guidance(tmp_path):
+    """--no-vae skips the pipeline's vae/; --guidance facebook stores guidance_channels 3 (default: absent =
+    every channel, the config.json key left out)."""
+    out = tmp_path / "dit"
+    cdit.main(["--src", golden_path("dit_pipeline_tiny"), "--no-vae", "--guidance", "facebook", "--out", str(out)])
+    assert not (out / "decoder").exists()
+    m = jmodel.load(str(out))
+    assert m.decoder is None and m.diffusion.guidance_channels == 3 and m.extras["guidance"] == "facebook"
+    assert m.diffusion.learned_sigma
+    cdit.main(["--src", golden_path("dit_pipeline_tiny"), "--out", str(tmp_path / "plain")])
+    with open(tmp_path / "plain" / "config.json") as f:
+        assert "guidance_channels" not in json.load(f)["diffusion"]
+    assert jmodel.load(str(tmp_path / "plain")).decoder is not None
+
+
+@pytest.mark.parametrize("flags,needle", [({"depth": "2"}, "depth must be int"),
+                                          ({"learn_sigma": "true"}, "learn_sigma must be bool"),
+                                          ({"hidden_size": 66, "num_heads": 4}, "hidden_size 66"),
+                                          ({"class_dropout_prob": 1.0}, "class_dropout_prob"),
+                                          ({"hidden": 64}, "unknown facebook DiT arguments")])
+def test_bad_flags_refused_before_weights(tmp_path, capsys, flags, needle):
+    """A bad --flags value is named before the .pt is read (this one is not even a checkpoint)."""
+    fake = tmp_path / "fake.pt"
+    fake.write_bytes(b"never read")
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps(flags))
+    err = _main_error(capsys, "--src", str(fake), "--flags", str(flags_file), "--out", str(tmp_path / "o"))
+    assert needle in err and "fake.pt" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("part,key,value", [("scheduler/scheduler_config.json", "beta_schedule", "lineer"),
+                                            ("scheduler/scheduler_config.json", "prediction_type", "v_prediction"),
+                                            ("transformer/config.json", "norm_type", "ada_norm_single"),
+                                            ("vae/config.json", "act_fn", "selu")])
+def test_bad_pipeline_configs_refused_before_weights(tmp_path, capsys, part, key, value):
+    """A pipeline folder holding only its JSON files: a bad value is named before any weights are needed."""
+    import shutil
+
+    src = tmp_path / "src"
+    root = golden_path("dit_pipeline_tiny")
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".json"):
+                rel = os.path.relpath(os.path.join(dirpath, f), root)
+                os.makedirs(src / os.path.dirname(rel), exist_ok=True)
+                shutil.copy(os.path.join(dirpath, f), src / rel)
+    path = src / part
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    err = _main_error(capsys, "--src", str(src), "--out", str(tmp_path / "o"))
+    assert key in err and value in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_script_offline_hub_id(tmp_path):

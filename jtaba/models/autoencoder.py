@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from jtaba.config import ConfigBase
-from jtaba.models.diffusers_blocks import DownBlock2D, ResnetArgs, UNetMidBlock2D, Upsample2D, get_activation
+from jtaba.models.diffusers_blocks import (ACTIVATIONS, DownBlock2D, ResnetArgs, UNetMidBlock2D, Upsample2D,
+                                           get_activation)
 from jtaba.models.ops import conv, group_norm
 
 EPS = 1e-6
@@ -59,6 +60,17 @@ class AutoencoderConfig(ConfigBase):
     norm_num_groups: int = 32
     sample_size: int = 32
     mid_block_add_attention: bool = True
+
+    def __post_init__(self):
+        name = type(self).__module__.rsplit(".", 1)[-1]
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"{name}.Config: act_fn {self.act_fn!r} is not one of {sorted(ACTIVATIONS)}")
+        if not self.block_out_channels or any(c < 1 or c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"{name}.Config: block_out_channels {list(self.block_out_channels)} must be positive "
+                             f"multiples of norm_num_groups {self.norm_num_groups}")
+        for field in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}.Config: {field} must be >= 1, got {getattr(self, field)!r}")
 
     def encoder_decoder_kwargs(self, dtype: Any) -> dict:
         """The ``Encoder`` / ``Decoder`` arguments both take alike."""

@@ -54,6 +54,29 @@ class Config(ConfigBase):
     mlp_norm_eps: float = 1e-6  # LayerNorm eps before the MLP (facebook 1e-6, diffusers norm_eps)
     block_embedders: bool = False  # one timestep/label embedder per block (diffusers layout with distinct copies)
 
+    def __post_init__(self):
+        for name in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"dit.Config.{name} must be an int >= 1, got {v!r}")
+        for name in ("learn_sigma", "block_embedders"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"dit.Config.{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
+            raise ValueError(f"dit.Config.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        p = self.class_dropout_prob
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"dit.Config.class_dropout_prob must be a number in [0, 1), got {p!r}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"dit.Config: input_size {self.input_size} is not a multiple of patch_size "
+                             f"{self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"dit.Config: hidden_size {self.hidden_size} is not a multiple of num_heads "
+                             f"{self.num_heads}")
+        if self.hidden_size % 4:
+            raise ValueError(f"dit.Config: hidden_size {self.hidden_size} must be a multiple of 4 (the 2-D sin-cos "
+                             "positional table)")
+
     @property
     def out_channels(self) -> int:
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
@@ -69,11 +92,17 @@ class Config(ConfigBase):
         if unknown:
             raise ValueError(f"unknown facebook DiT arguments: {sorted(unknown)}")
         kw = {**_FACEBOOK_DEFAULTS, **kwargs}
-        return cls(input_size=int(kw["input_size"]), patch_size=int(kw["patch_size"]),
-                   in_channels=int(kw["in_channels"]), hidden_size=int(kw["hidden_size"]), depth=int(kw["depth"]),
-                   num_heads=int(kw["num_heads"]), mlp_ratio=float(kw["mlp_ratio"]),
-                   num_classes=int(kw["num_classes"]), class_dropout_prob=float(kw["class_dropout_prob"]),
-                   learn_sigma=bool(kw["learn_sigma"]))
+        for name, default in _FACEBOOK_DEFAULTS.items():  # JSON types as the constructor expects them
+            v = kw[name]
+            ok = (isinstance(v, bool) if isinstance(default, bool) else
+                  isinstance(v, int) and not isinstance(v, bool) if isinstance(default, int) else
+                  isinstance(v, (int, float)) and not isinstance(v, bool))
+            if not ok:
+                raise ValueError(f"facebook DiT argument {name} must be {type(default).__name__}, got {v!r}")
+        return cls(input_size=kw["input_size"], patch_size=kw["patch_size"], in_channels=kw["in_channels"],
+                   hidden_size=kw["hidden_size"], depth=kw["depth"], num_heads=kw["num_heads"],
+                   mlp_ratio=float(kw["mlp_ratio"]), num_classes=kw["num_classes"],
+                   class_dropout_prob=float(kw["class_dropout_prob"]), learn_sigma=kw["learn_sigma"])
 
     @classmethod
     def from_diffusers(cls, cfg: dict, block_embedders: bool = False) -> "Config":
