@@ -7,8 +7,15 @@ Writes
 * DIR/config.json + DIR/params: the UNet (``jtaba.models.if_unet``) and its schedule (the hub DDPM scheduler config:
   squaredcos_cap_v2, thresholding ratio 0.95 / max 1.5 while sampling, clip to [-1, 1] while inverting,
   learned sigma);
-* DIR/null_prompt.npy (77, 4096) float32: the empty prompt's embedding (classifier-free guidance; ``extras``);
+* DIR/null_prompt.npy (77, 4096) float32: the empty prompt's embedding (classifier-free guidance; ``extras``),
+  computed with T5, or copied from ``--null-prompt-embeds FILE.npy`` (then no T5 is needed), or absent with
+  ``--no-text-encoder`` (the model is still marked text-conditioned: runs need prompt embeddings, and guidance
+  needs a null prompt);
 * with ``--prompts FILE``: DIR/prompts/<FILE stem>.npy (N, 77, 4096) float32 and <stem>.json (the prompts).
+
+Every option of the UNet's config.json, the schedule and the flags' values are checked before any weights are read
+(on the hub, before the weights are downloaded): ``if_unet.Config.from_diffusers`` names each
+``UNet2DConditionModel`` option it does not implement, with its value.
 
 Params are stored as float16 by default (``--param-dtype``): the hub weights are float16 values and upstream runs
 the network with ``torch_dtype=float16``, so nothing is lost. The UNet is read one tensor at a time from the
@@ -55,6 +62,7 @@ from jtaba.models import if_unet
 
 IF_HUB_ID = "DeepFloyd/IF-I-XL-v1.0"
 MAX_LENGTH = 77  # IFPipeline.encode_prompt
+NULL_PROMPT = "null_prompt.npy"  # jtaba.model.NULL_PROMPT_FILE
 PARAM_DTYPES = ("float16", "float32")
 UNET_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.fp16.bin", "diffusion_pytorch_model.bin")
@@ -151,7 +159,7 @@ def write_prompt_set(out_dir: str, name: str, prompts: Sequence[str], encode: En
 
 def write_null_prompt(out_dir: str, encode: EncodeFn) -> str:
     """DIR/null_prompt.npy: the empty prompt's embedding (77, D) float32."""
-    path = os.path.join(out_dir, "null_prompt.npy")
+    path = os.path.join(out_dir, NULL_PROMPT)
     np.save(path, np.asarray(encode([""])[0], np.float32))
     return path
 
@@ -217,21 +225,34 @@ def _hub_call(fn, *args, **kwargs):
         raise
 
 
-def fetch_unet(repo_id: str) -> str:
-    """Download unet/config.json, the fp16 unet weights (fp32 if absent) and the scheduler config; the folder."""
+def fetch_configs(repo_id: str) -> str:
+    """Download unet/config.json and the scheduler config (small); the local snapshot folder."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
     folder = None
     for name in ("unet/config.json", "scheduler/scheduler_config.json"):
         folder = os.path.dirname(os.path.dirname(_hub_call(hf_hub_download, repo_id, name)))
+    return folder
+
+
+def fetch_weights(repo_id: str) -> str:
+    """Download the fp16 unet weights (fp32 if absent) into the same snapshot; the folder."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
     for weights in UNET_WEIGHTS[:2]:
         try:
-            _hub_call(hf_hub_download, repo_id, f"unet/{weights}")
-            return folder
+            path = _hub_call(hf_hub_download, repo_id, f"unet/{weights}")
+            return os.path.dirname(os.path.dirname(path))
         except EntryNotFoundError:  # no fp16 variant: try the float32 file
             continue
     fail(f"{repo_id}: no unet/{' or unet/'.join(UNET_WEIGHTS[:2])}")
+
+
+def fetch_unet(repo_id: str) -> str:
+    """Download unet/config.json, the scheduler config and the fp16 unet weights (fp32 if absent); the folder."""
+    fetch_configs(repo_id)
+    return fetch_weights(repo_id)
 
 
 def unet_weights(folder: str) -> str:
@@ -248,14 +269,47 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def convert_folder(folder: str, param_dtype: str) -> tuple[dict, dict]:
-    """A pipeline folder (unet/ + scheduler/) -> (jtaba config dict without extras, params)."""
-    state = load_state_dict(unet_weights(folder))
-    config, params = convert_unet(state, _read_json(os.path.join(folder, "unet", "config.json")), param_dtype,
-                                  source_name=os.path.join(folder, "unet"))
+def plan_folder(folder: str) -> tuple[if_unet.Config, DiffusionConfig, dict]:
+    """A pipeline folder's unet/config.json and scheduler config, checked (nothing else read): (Config,
+    DiffusionConfig, the unet config.json)."""
+    unet_json = _read_json(os.path.join(folder, "unet", "config.json"))
     sched = _read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
-    return {"family": "if_unet", "model": config.to_dict(),
-            "diffusion": diffusion_config(sched, config).to_dict()}, params
+    try:
+        config = if_unet.Config.from_diffusers(unet_json)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(folder, 'unet', 'config.json')}: {e}") from None
+    try:
+        diffusion = diffusion_config(sched, config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(folder, 'scheduler', 'scheduler_config.json')}: {e}") from None
+    return config, diffusion, unet_json
+
+
+def convert_folder(folder: str, param_dtype: str) -> tuple[dict, dict]:
+    """A pipeline folder (unet/ + scheduler/) -> (jtaba config dict without extras, params); the configs are
+    checked before the weights are opened."""
+    _, diffusion, unet_json = plan_folder(folder)
+    state = load_state_dict(unet_weights(folder))
+    config, params = convert_unet(state, unet_json, param_dtype, source_name=os.path.join(folder, "unet"))
+    return {"family": "if_unet", "model": config.to_dict(), "diffusion": diffusion.to_dict()}, params
+
+
+def read_null_prompt(path: str, config: if_unet.Config) -> np.ndarray:
+    """``--null-prompt-embeds``: a .npy of the empty prompt's embedding, (L, D) or (1, L, D) with D the UNet's
+    prompt width, finite; returned as float32 (L, D)."""
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--null-prompt-embeds {path}: cannot read it as a .npy array ({e})") from None
+    if emb.ndim == 3 and emb.shape[0] == 1:
+        emb = emb[0]
+    if emb.ndim != 2 or emb.shape[1] != config.cond_dim or emb.shape[0] < 1:
+        raise ValueError(f"--null-prompt-embeds {path}: expected (L, {config.cond_dim}) or (1, L, {config.cond_dim}) "
+                         f"(the empty prompt's embedding, L = {MAX_LENGTH} tokens for IF), got {emb.shape}")
+    if not np.issubdtype(emb.dtype, np.floating) or not np.all(np.isfinite(emb)):
+        raise ValueError(f"--null-prompt-embeds {path}: expected finite floats, got {emb.dtype}"
+                         + ("" if not np.issubdtype(emb.dtype, np.floating) else " with inf/nan"))
+    return np.asarray(emb, np.float32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", required=True, help=f"hub id ({IF_HUB_ID}) or a local diffusers IF pipeline folder "
                                                 "with unet/ and scheduler/ (and text_encoder/ tokenizer/)")
     add_common_args(p)
-    p.add_argument("--prompts", metavar="FILE.txt", help="prompts, one per line -> DIR/prompts/<stem>.npy")
+    p.add_argument("--prompts", metavar="FILE.txt", help="prompts, one per line -> DIR/prompts/<stem>.npy "
+                                                         "(needs the T5; default: none)")
+    null = p.add_mutually_exclusive_group()
+    null.add_argument("--null-prompt-embeds", metavar="FILE.npy",
+                      help="the empty prompt's embedding, (77, D) or (1, 77, D), copied to DIR/null_prompt.npy: no "
+                           "T5 needed (unless --prompts); default: computed with T5")
+    null.add_argument("--no-text-encoder", action="store_true",
+                      help="no T5 and no DIR/null_prompt.npy: the model is marked text-conditioned, so runs need "
+                           "prompt embeddings and guidance is unavailable until a null prompt is added; default: "
+                           "use T5")
     p.add_argument("--text-encoder", metavar="SRC", help="hub id or folder with text_encoder/ and tokenizer/ "
                                                          "(default: --src)")
     p.add_argument("--param-dtype", choices=PARAM_DTYPES, default="float16",
@@ -277,40 +340,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="T5 compute dtype (default float16 as upstream; float32 needs ~19 GB of RAM)")
     p.add_argument("--device", default=None, help="torch device for T5 (default cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per T5 call")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per T5 call (default 8)")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag values and combinations, before anything is read."""
+    if args.batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.no_text_encoder and args.prompts:
+        fail("--prompts needs the T5 text encoder: drop --no-text-encoder (or encode the prompts elsewhere)")
+    if args.no_text_encoder and args.text_encoder:
+        fail("--text-encoder is not used with --no-text-encoder")
+    if args.prompts and not os.path.isfile(args.prompts):
+        fail(f"--prompts {args.prompts}: no such file")
+    if args.null_prompt_embeds and not os.path.isfile(args.null_prompt_embeds):
+        fail(f"--null-prompt-embeds {args.null_prompt_embeds}: no such file")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError) as e:
+            fail(f"--device {args.device!r} is not a torch device ({str(e).splitlines()[0]})")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    check_args(args)
+    uses_t5 = bool(args.prompts) or not (args.no_text_encoder or args.null_prompt_embeds)
     with staged_output(args):
-        require_text_encoder_deps()  # checked first: the T5 step comes after the long UNet conversion
-        if args.prompts and not os.path.exists(args.prompts):
-            fail(f"--prompts {args.prompts}: no such file")
+        if uses_t5:
+            require_text_encoder_deps()  # checked first: the T5 step comes after the long UNet conversion
         local = os.path.isdir(args.src)
         if not local and os.path.exists(args.src):
             fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ scheduler/)")
         try:
-            folder = args.src if local else fetch_unet(args.src)
+            folder = args.src if local else fetch_configs(args.src)
+            config, _, _ = plan_folder(folder)  # every option checked before the weights are fetched / read
+            null = read_null_prompt(args.null_prompt_embeds, config) if args.null_prompt_embeds else None
+            if not local:
+                folder = fetch_weights(args.src)
             config_dict, params = convert_folder(folder, args.param_dtype)
         except (ConversionError, ValueError, FileNotFoundError) as e:
             fail(str(e))
-        config_dict["extras"] = {"source": args.src, "param_dtype": args.param_dtype, "null_prompt": "null_prompt.npy",
-                                 "text_encoder": args.text_encoder or args.src, "encoder_dtype": args.encoder_dtype,
-                                 "max_length": MAX_LENGTH}
+        enc_src = None if not uses_t5 else (args.text_encoder or args.src)
+        null_source = "t5" if null is None else os.path.abspath(args.null_prompt_embeds)
+        config_dict["extras"] = {
+            "source": args.src, "param_dtype": args.param_dtype, "text_conditioned": True,
+            "null_prompt": None if args.no_text_encoder else NULL_PROMPT,
+            "null_prompt_source": None if args.no_text_encoder else null_source,
+            "text_encoder": enc_src, "encoder_dtype": args.encoder_dtype if enc_src else None,
+            "max_length": MAX_LENGTH if null is None else int(null.shape[0])}
         save_checkpoint(args.out, config_dict, params)
         del params
         gc.collect()
         print(f"converted (if_unet, {config_dict['model']['block_out_channels']} channels, "
               f"params {args.param_dtype})")
+        if null is not None:
+            path = os.path.join(args.out, NULL_PROMPT)
+            np.save(path, null)
+            print(f"wrote {path} (from {args.null_prompt_embeds})")
+        elif args.no_text_encoder:
+            print("no null prompt written (--no-text-encoder): runs need prompt embeddings (cond); guidance needs "
+                  f"the empty prompt's embedding as {NULL_PROMPT} beside config.json")
+        if not uses_t5:
+            return
 
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        enc_src = args.text_encoder or args.src
         flat_folder = os.path.isdir(enc_src) and not os.path.isdir(os.path.join(enc_src, "text_encoder"))
         encode = t5_encoder(enc_src, device, args.encoder_dtype, subfolder=not flat_folder)
-        print(f"wrote {write_null_prompt(args.out, encode)}")
+        if null is None:
+            print(f"wrote {write_null_prompt(args.out, encode)}")
         if args.prompts:
             name = os.path.splitext(os.path.basename(args.prompts))[0]
             meta = {"text_encoder": enc_src, "encoder_dtype": args.encoder_dtype, "max_length": MAX_LENGTH,

@@ -51,8 +51,10 @@ class Model:
 
     @property
     def conditional(self) -> bool:
-        """Whether the network needs ``cond`` (class labels or prompt embeddings)."""
-        if self.null_prompt is not None:
+        """Whether the network needs ``cond`` (class labels or prompt embeddings): class-conditional configs,
+        models with a null prompt, and those a converter marked ``extras["text_conditioned"]`` (an IF checkpoint
+        converted without a text encoder stores no null prompt)."""
+        if self.null_prompt is not None or self.extras.get("text_conditioned"):
             return True
         return bool(getattr(self.config, "class_cond", self.num_classes is not None))
 

@@ -237,3 +237,133 @@ def test_param_shardings_restore_on_8_devices(converted, tmp_path):
     print(f"[parity] sharded restore: {split}/{total} leaves split over 'model', max-abs {err:.3e}")
     assert split > total // 2
     assert err < 1e-5 * max(1.0, float(np.max(np.abs(np.load(tmp_path / "io.npz")["ref"]))))
+
+
+def _no_t5(monkeypatch):
+    """Fail loudly if the converter reaches for T5 or its dependencies."""
+    def boom(*a, **k):
+        raise AssertionError("T5 used")
+
+    monkeypatch.setattr(convert_if, "t5_encoder", boom)
+    monkeypatch.setattr(convert_if, "require_text_encoder_deps", boom)
+
+
+def test_null_prompt_embeds_instead_of_t5(converted, tmp_path, monkeypatch):
+    """--null-prompt-embeds: no T5 at all; the file ((1, L, D) accepted) becomes DIR/null_prompt.npy, guidance
+    works from it."""
+    import jtaba
+    from jtaba import model as jmodel
+
+    src, _, model, _ = converted
+    _no_t5(monkeypatch)
+    null = np.random.default_rng(0).standard_normal((1, 77, IF_TINY["encoder_hid_dim"])).astype(np.float64)
+    np.save(tmp_path / "null.npy", null)
+    out = tmp_path / "out"
+    convert_if.main(["--src", str(src), "--out", str(out), "--null-prompt-embeds", str(tmp_path / "null.npy")])
+    stored = np.load(out / "null_prompt.npy")
+    assert stored.dtype == np.float32 and stored.shape == (77, IF_TINY["encoder_hid_dim"])
+    np.testing.assert_array_equal(stored, null[0].astype(np.float32))
+    m = jmodel.load(str(out))
+    e = m.extras
+    assert e["text_conditioned"] and e["text_encoder"] is None and e["null_prompt"] == "null_prompt.npy"
+    assert e["null_prompt_source"] == str(tmp_path / "null.npy") and m.conditional
+    cond = np.random.default_rng(1).standard_normal((2, 77, IF_TINY["encoder_hid_dim"])).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert bool(jnp.all(jnp.isfinite(jtaba.sample(m, x, steps=2, cond=cond, guidance=3.0).x)))
+
+
+def test_no_text_encoder(converted, tmp_path, monkeypatch, capsys):
+    """--no-text-encoder: no T5, no null_prompt.npy, the model still text-conditioned (cond demanded) and
+    guidance refused with what to do."""
+    import jtaba
+    from jtaba import model as jmodel
+
+    src, _, _, _ = converted
+    _no_t5(monkeypatch)
+    out = tmp_path / "out"
+    convert_if.main(["--src", str(src), "--out", str(out), "--no-text-encoder"])
+    assert "runs need prompt embeddings" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["config.json", "params"]
+    m = jmodel.load(str(out))
+    assert m.null_prompt is None and m.conditional and m.extras["null_prompt"] is None
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="conditional: pass cond"):
+        jtaba.sample(m, x, steps=2)
+    cond = np.zeros((1, 77, IF_TINY["encoder_hid_dim"]), np.float32)
+    assert jtaba.sample(m, x, steps=2, cond=cond).x.shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="no null prompt .*--null-prompt-embeds"):
+        jtaba.sample(m, x, steps=2, cond=cond, guidance=2.0)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--no-text-encoder", "--prompts", "P"], "--prompts needs the T5"),
+    (["--no-text-encoder", "--null-prompt-embeds", "N"], "not allowed with argument"),
+    (["--null-prompt-embeds", "missing.npy"], "missing.npy: no such file"),
+    (["--null-prompt-embeds", "N"], "expected (L, 24)"),
+    (["--no-text-encoder", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+    (["--param-dtype", "bfloat16"], "invalid choice: 'bfloat16'"),
+])
+def test_flag_values_checked_before_weights(converted, tmp_path, monkeypatch, capsys, argv, needle):
+    """Bad flag values are named before any weights are read (the source here has no weights at all)."""
+    src, _, _, _ = converted
+    bare = tmp_path / "bare"
+    for sub in ("unet", "scheduler"):
+        (bare / sub).mkdir(parents=True)
+        for f in os.listdir(src / sub):
+            if f.endswith(".json"):
+                (bare / sub / f).write_bytes((src / sub / f).read_bytes())
+    (tmp_path / "P").write_text("a cat\n")
+    np.save(tmp_path / "N", np.zeros((77, 5), np.float32))  # width 5, the UNet wants 24
+    argv = [str(tmp_path / "N.npy") if a == "N" else str(tmp_path / "P") if a == "P" else a for a in argv]
+    monkeypatch.setattr(convert_if, "require_text_encoder_deps", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        convert_if.main(["--src", str(bare), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert needle in err and "diffusion_pytorch_model" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("part,key,value", [("unet/config.json", "time_cond_proj_dim", 256),
+                                            ("unet/config.json", "time_embedding_type", "fourier"),
+                                            ("unet/config.json", "attention_type", "gated"),
+                                            ("scheduler/scheduler_config.json", "prediction_type", "v_prediction"),
+                                            ("scheduler/scheduler_config.json", "beta_schedule", "squaredcos")])
+def test_refused_options_named_before_weights(converted, tmp_path, monkeypatch, capsys, part, key, value):
+    """An option if_unet does not implement (or a bad schedule) is named, with its value, before the weights are
+    read: this folder has none."""
+    src, _, _, _ = converted
+    bare = tmp_path / "bare"
+    for sub in ("unet", "scheduler"):
+        (bare / sub).mkdir(parents=True)
+        for f in os.listdir(src / sub):
+            if f.endswith(".json"):
+                (bare / sub / f).write_bytes((src / sub / f).read_bytes())
+    path = bare / part
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    _no_t5(monkeypatch)
+    with pytest.raises(SystemExit):
+        convert_if.main(["--src", str(bare), "--out", str(tmp_path / "o"), "--no-text-encoder"])
+    err = capsys.readouterr().err
+    assert key in err and repr(value) in err and part in err, err
+
+
+def test_time_embedding_act_fn_through_the_converter(tmp_path, monkeypatch):
+    """A pipeline whose UNet sets time_embedding_act_fn converts and matches diffusers (this option used to be
+    refused)."""
+    from tests.test_if_unet import inputs as unet_inputs
+
+    kw = {**IF_TINY, "time_embedding_act_fn": "silu"}
+    model = tiny_torch(kw, seed=5)
+    model.save_pretrained(tmp_path / "src" / "unet")
+    DDPMScheduler.from_config(IF_SCHEDULER).save_pretrained(tmp_path / "src" / "scheduler")
+    _no_t5(monkeypatch)
+    convert_if.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--no-text-encoder",
+                     "--param-dtype", "float32"])
+    cfg = if_unet.Config.from_dict(read_config(str(tmp_path / "out"))["model"])
+    assert cfg.time_embedding_act_fn == "silu"
+    x, t, cond = unet_inputs(cfg, seed=5)
+    _, rel = report("if_unet time_embedding_act_fn via CLI", jax_forward(cfg, load_params(str(tmp_path / "out")),
+                                                                       x, t, cond), torch_forward(model, x, t, cond))
+    assert rel < 1e-5

@@ -125,11 +125,78 @@ def test_if_i_xl_config_is_the_default():
     assert if_unet.Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("key,value", [("class_embed_type", "timestep"), ("addition_embed_type", "text_time"),
-                                       ("time_embedding_type", "fourier"), ("only_cross_attention", [True] * 4)])
+# Every other option the forward reads, at toy size: per-block only_cross_attention (reversed for the up blocks),
+# a None head dim (one head; up block 0 reads entry 0 unreversed), per-block layers, the prompt LayerNorm (blocks as
+# wide as the prompt), time_embedding_act_fn, timestep_post_act, center_input_sample, a UNetRes-prefixed name, an
+# (H, W) sample_size, a time_embedding_dim, and the options diffusers ignores for these blocks set off default.
+OPTIONS = dict(
+    sample_size=(8, 8), in_channels=3, out_channels=6, block_out_channels=(16, 32, 32),
+    down_block_types=("UNetResResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+    up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn", layers_per_block=(1, 2, 1), attention_head_dim=(None, 8, 16),
+    cross_attention_dim=32, encoder_hid_dim=24, encoder_hid_dim_type="text_proj", addition_embed_type="text",
+    addition_embed_type_num_heads=4, cross_attention_norm="layer_norm", norm_num_groups=8, act_fn="gelu",
+    resnet_time_scale_shift="scale_shift", time_embedding_act_fn="silu", timestep_post_act="mish",
+    center_input_sample=True, only_cross_attention=(False, True, False), time_embedding_dim=48,
+    upcast_attention=True, dual_cross_attention=True, use_linear_projection=True, downsample_padding=0,
+    transformer_layers_per_block=2, addition_time_embed_dim=7, projection_class_embeddings_input_dim=9)
+
+
+def test_every_diffusers_option_is_sorted():
+    """IMPLEMENTED, INERT and REFUSED partition UNet2DConditionModel.__init__'s arguments exactly (a diffusers
+    release adding an option fails here until it is sorted)."""
+    import inspect
+
+    names = set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    groups = [set(if_unet.IMPLEMENTED), set(if_unet.INERT), set(if_unet.REFUSED)]
+    assert set.union(*groups) == names, (sorted(names - set.union(*groups)), sorted(set.union(*groups) - names))
+    assert sum(map(len, groups)) == len(names)  # disjoint
+
+
+def test_options_parity_fp32():
+    model = tiny_torch(OPTIONS, seed=3)
+    cfg, params = convert_if.convert_unet(model.state_dict(), dict(model.config))
+    assert cfg.only_cross_attention == (False, True, False) and cfg.attention_head_dim == (None, 8, 16)
+    assert (cfg.time_embedding_act_fn, cfg.timestep_post_act, cfg.center_input_sample) == ("silu", "mish", True)
+    assert cfg.down_block_types[0] == "ResnetDownsampleBlock2D" and if_unet.sample_shape(cfg) == (3, 8, 8)
+    assert if_unet.Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    x, t, cond = inputs(cfg, seed=3)
+    ref = torch_forward(model, x, t, cond)
+    _, rel = report("if_unet, every other option", jax_forward(cfg, params, x, t, cond), ref)
+    assert rel < TOL
+    # each option moves the output (so the parity above checks it): switch one off on the torch side
+    for key, off in (("time_embedding_act_fn", None), ("timestep_post_act", None), ("center_input_sample", False)):
+        other = tiny_torch({**OPTIONS, key: off}, seed=3)
+        assert np.max(np.abs(torch_forward(other, x, t, cond) - ref)) > 1e-4 * np.max(np.abs(ref)), key
+
+
+def test_new_fields_stay_out_of_old_json():
+    """Fields added later are left out of config.json at their defaults (older checkpoints' configs and run
+    fingerprints unchanged), and read back as defaults."""
+    d = if_unet.Config().to_dict()
+    assert not {"time_embedding_act_fn", "timestep_post_act", "center_input_sample"} & set(d)
+    assert if_unet.Config.from_dict(d) == if_unet.Config()
+    assert if_unet.Config(time_embedding_act_fn="silu").to_dict()["time_embedding_act_fn"] == "silu"
+
+
+@pytest.mark.parametrize("key,value", [
+    ("class_embed_type", "timestep"), ("num_class_embeds", 10), ("class_embeddings_concat", True),
+    ("time_cond_proj_dim", 32), ("num_attention_heads", 8), ("attention_type", "gated"),
+    ("encoder_hid_dim_type", "image_proj"), ("addition_embed_type", "text_time"), ("time_embedding_type", "fourier"),
+    ("resnet_time_scale_shift", "spatial"), ("cross_attention_norm", "batch_norm"), ("norm_num_groups", None),
+    ("act_fn", "tanh"), ("time_embedding_act_fn", "tanh"), ("timestep_post_act", "softplus"),
+    ("mid_block_type", "UNetMidBlock2DCrossAttn"), ("cross_attention_dim", [2816, 2816, 1408, 1408])])
 def test_unsupported_options_are_named(key, value):
-    with pytest.raises(ValueError, match=key):
+    with pytest.raises(ValueError) as e:
         if_unet.Config.from_diffusers({**IF_I_XL, key: value})
+    assert f"{key}={value!r}" in str(e.value), str(e.value)
+
+
+def test_config_level_refusals():
+    with pytest.raises(ValueError, match="layer_norm"):  # prompt LayerNorm where blocks are not as wide
+        if_unet.Config.from_diffusers({**IF_I_XL, "cross_attention_norm": "layer_norm"})
+    with pytest.raises(ValueError, match="attention_head_dim"):  # diffusers cannot build the mid block either
+        if_unet.Config.from_diffusers({**IF_I_XL, "attention_head_dim": [64, 64, 64, None]})
 
 
 def test_unsupported_block_type():
