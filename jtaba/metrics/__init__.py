@@ -19,3 +19,8 @@ from jtaba.metrics.normality import normality_counts, qq_quantiles, shapiro_norm
 from jtaba.metrics.attractors import (attractor_counts, lowest_variance, most_attractive, sample_mean_squares,
                                       sample_variances)
 from jtaba.metrics.trajectory import closer_to_noise, closer_to_noise_fraction
+from jtaba.metrics.image_quality import psnr, resolve_value_range, ssim
+from jtaba.metrics.fid import (feature_statistics, fid_from_features, frechet_distance, kid, knn_radii,
+                               manifold_coverage, mmd2_unbiased, polynomial_kernel, precision_recall)
+from jtaba.metrics.alignment import (batch_min_max, cca_correlations, cka, gram, hsic, knn_indices, mutual_knn,
+                                     mutual_knn_counts, svcca, svd_reduce)
