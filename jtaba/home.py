@@ -25,6 +25,9 @@ CONVERT_COMMANDS = {
     "dit": "python convert/dit.py --src facebook/DiT-XL-2-256",
     "ldm": "python convert/ldm.py --src CompVis/ldm-celebahq-256",
     "if": "python convert/if.py --src DeepFloyd/IF-I-XL-v1.0 --prompts prompts.txt",
+    "lpips_alex": "python convert/lpips.py --net alex",
+    "lpips_vgg": "python convert/lpips.py --net vgg",
+    "inception_fid": "python convert/inception.py",
 }
 
 

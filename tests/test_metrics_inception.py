@@ -4,31 +4,18 @@ the same architecture), plus the three input resizes against their references (t
 TF1 bilinear, Pillow bicubic) and the converter's key accounting."""
 import importlib
 import importlib.util
-import sys
-import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.torchvision_cpu import import_torchvision
 
 from tests.golden import report
 
 torch = pytest.importorskip("torch")
 
 RTOL = 1e-4
-
-
-def import_torchvision():
-    """torchvision, importable even where its compiled ops do not load (PyPI's CUDA torchvision wheel beside a CPU
-    torch fails in ``torchvision._meta_registrations``): the models used here are pure Python, so that module is
-    stubbed out then."""
-    try:
-        return importlib.import_module("torchvision")
-    except RuntimeError:  # operator torchvision::nms does not exist
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
-        return importlib.import_module("torchvision")
 
 
 def _need(module):
