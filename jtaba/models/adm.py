@@ -15,12 +15,11 @@ import math
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jtaba.config import ConfigBase
 from jtaba.models.diffusers_blocks import Upsample2D, timestep_embedding
-from jtaba.models.ops import avg_pool2, conv, group_norm, upsample_nearest
+from jtaba.models.ops import attention, avg_pool2, conv, group_norm, upsample_nearest
 
 NUM_CLASSES = 1000
 NORM_GROUPS, NORM_EPS = 32, 1e-5  # upstream GroupNorm32
@@ -217,7 +216,7 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over all positions. ``new_order`` False = ``QKVAttentionLegacy``: the 3C qkv channels are
     head-major (head, q/k/v, ch); True = ``QKVAttention``: (q/k/v, head, ch). q and k are each scaled by
-    ch^-1/4; softmax in float32."""
+    ch^-1/4 (then ``ops.attention`` with scale 1); softmax in float32."""
     num_heads: int
     new_order: bool = False
     dtype: Any = jnp.float32
@@ -231,10 +230,8 @@ class AttentionBlock(nn.Module):
         qkv = qkv.reshape(b, hh * ww, 3, heads, ch) if self.new_order else qkv.reshape(b, hh * ww, heads, 3, ch)
         axis = 2 if self.new_order else 3
         q, k, v = (jnp.take(qkv, i, axis=axis) for i in range(3))  # each (B, L, heads, ch)
-        scale = 1 / math.sqrt(math.sqrt(ch))
-        w = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale)
-        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(w.dtype)
-        a = jnp.einsum("bhts,bshc->bthc", w, v).reshape(b, hh * ww, c)
+        scale = 1 / math.sqrt(math.sqrt(ch))  # on q and k each, before the product (as upstream), so scale=1 below
+        a = attention(q * scale, k * scale, v, 1.0).reshape(b, hh * ww, c)
         h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(a)
         return x + h.reshape(b, hh, ww, c)
 

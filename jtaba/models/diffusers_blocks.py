@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtaba.models.ops import avg_pool2, conv, group_norm, upsample_nearest
+from jtaba.models.ops import attention, avg_pool2, conv, group_norm, upsample_nearest
 
 
 # ---- activations -----------------------------------------------------------------------------------------------
@@ -196,8 +196,8 @@ class ResnetBlock2D(nn.Module):
 class Attention(nn.Module):
     """diffusers ``Attention`` used as spatial self-attention: (B,H,W,C) or (B,L,C) -> same shape.
     Optional ``group_norm`` (``norm_num_groups``), to_q/to_k/to_v (C -> heads*dim_head), softmax(q k^T /
-    sqrt(dim_head)) in float32, ``to_out_0`` (-> C), ``+ x`` if ``residual_connection``, ``/ rescale_output_factor``.
-    ``heads`` None = C // dim_head."""
+    sqrt(dim_head)) in float32 (``ops.attention``), ``to_out_0`` (-> C), ``+ x`` if ``residual_connection``,
+    ``/ rescale_output_factor``. ``heads`` None = C // dim_head."""
     dim_head: int
     heads: int | None = None
     norm_num_groups: int | None = None
@@ -222,9 +222,7 @@ class Attention(nn.Module):
         inner = heads * self.dim_head
         q, k, v = (nn.Dense(inner, use_bias=self.bias, dtype=self.dtype, name=name)(h).reshape(
             b, -1, heads, self.dim_head) for name in ("to_q", "to_k", "to_v"))
-        w = jnp.einsum("bthd,bshd->bhts", q, k) * (self.dim_head ** -0.5)
-        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-        a = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, -1, inner)
+        a = attention(q, k, v, self.dim_head ** -0.5).reshape(b, -1, inner)
         out = nn.Dense(c, use_bias=self.out_bias, dtype=self.dtype, name="to_out_0")(a)
         out = nn.Dropout(self.dropout, deterministic=not train)(out).reshape(shape)
         if self.residual_connection:

@@ -32,7 +32,7 @@ import numpy as np
 
 from jtaba.config import ConfigBase
 from jtaba.models.diffusers_blocks import timestep_embedding
-from jtaba.models.ops import conv
+from jtaba.models.ops import attention, conv
 
 _FACEBOOK_DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                           mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True)
@@ -181,7 +181,8 @@ class Embedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with biased q/k/v/out projections; softmax in float32."""
+    """Multi-head self-attention with biased q/k/v/out projections; softmax in float32 (``ops.attention``:
+    cuDNN flash attention for bfloat16 on GPUs)."""
 
     hidden: int
     heads: int
@@ -193,9 +194,7 @@ class Attention(nn.Module):
         hd = self.hidden // self.heads
         q, k, v = (nn.Dense(self.hidden, dtype=self.dtype, name=name)(x).reshape(b, n, self.heads, hd)
                    for name in ("q", "k", "v"))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (hd ** -0.5)
-        w = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, n, self.hidden)
+        out = attention(q, k, v, hd ** -0.5).reshape(b, n, self.hidden)
         return nn.Dense(self.hidden, dtype=self.dtype, name="proj")(out)
 
 

@@ -65,7 +65,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jtaba.config import ConfigBase
 from jtaba.models.diffusers_blocks import (ACTIVATIONS, DownBlock2D, ResnetArgs, TimestepEmbedding, UpBlock2D,
                                            get_activation, timestep_embedding)
-from jtaba.models.ops import conv, group_norm
+from jtaba.models.ops import attention, conv, group_norm
 
 DOWN_BLOCKS = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
 UP_BLOCKS = ("ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
@@ -402,9 +402,7 @@ class AddedKVAttention(nn.Module):
         if not self.only_cross_attention:
             k = jnp.concatenate([k, proj("to_k", h)], axis=1)
             v = jnp.concatenate([v, proj("to_v", h)], axis=1)
-        w = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * (self.dim_head ** -0.5)
-        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
-        a = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, hgt * wid, inner)
+        a = attention(q, k, v, self.dim_head ** -0.5).reshape(b, hgt * wid, inner)
         out = nn.Dense(c, dtype=self.dtype, name="to_out_0")(a)
         return out.reshape(b, hgt, wid, c) + x
 

@@ -1,8 +1,10 @@
 """torch-equivalent elementary ops shared by the model families, NHWC. Params float32; GroupNorm computes in
-float32 (two-pass variance) and casts back; convs compute in the given ``dtype``. The functions that create
-params (``group_norm``, ``conv``) must be called inside a compact method."""
+float32 (two-pass variance) and casts back; convs compute in the given ``dtype``; ``attention`` is every model's
+softmax(q k^T) v. The functions that create params (``group_norm``, ``conv``) must be called inside a compact
+method."""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -41,3 +43,59 @@ def upsample_nearest(x: jax.Array, output_size: Sequence[int] | None = None) -> 
 def avg_pool2(x: jax.Array) -> jax.Array:
     """torch ``nn.AvgPool2d(2, 2)`` (odd sizes floor)."""
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+# ---- attention -----------------------------------------------------------------------------------------------
+ATTENTION_ENV = "JTABA_ATTENTION"  # "auto" (default) | "xla": force XLA's attention even where cuDNN's would run
+_CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _cuda_head_dim_max() -> int | None:
+    """cuDNN flash attention's largest head dim on this machine's first CUDA GPU: 256 from Hopper (compute
+    capability 9.0) on, else 128; None when JAX runs on no CUDA GPU."""
+    try:
+        if jax.default_backend() != "gpu":
+            return None
+        device = jax.local_devices(backend="gpu")[0]
+        if "cuda" not in device.client.platform_version.lower():
+            return None  # ROCm
+        cc = tuple(int(v) for v in str(device.compute_capability).split("."))
+    except Exception:  # noqa: BLE001 - no GPU backend, or a runtime that does not report these
+        return None
+    return 256 if cc >= (9, 0) else 128
+
+
+def cudnn_eligible(dtypes: Sequence[Any], head_dim: int, value_head_dim: int, head_dim_max: int | None) -> bool:
+    """Whether cuDNN's fused flash attention takes q/k/v of these dtypes and head dims (no bias, no mask): one
+    float16 or bfloat16 dtype, equal head dims that are multiples of 8 and at most ``head_dim_max`` (None: no
+    CUDA GPU)."""
+    return (head_dim_max is not None and len(set(map(jnp.dtype, dtypes))) == 1
+            and jnp.dtype(dtypes[0]) in _CUDNN_DTYPES and head_dim == value_head_dim and head_dim % 8 == 0
+            and head_dim <= head_dim_max)
+
+
+def attention_implementation(q: jax.Array, k: jax.Array, v: jax.Array) -> str | None:
+    """``"cudnn"`` when ``jax.nn.dot_product_attention`` can run these (B, T, N, H) / (B, S, N, H) inputs as
+    cuDNN's fused flash attention (``cudnn_eligible`` on this machine's CUDA GPU); else None (XLA's
+    implementation: CPUs, float32, other head dims). ``JTABA_ATTENTION=xla`` forces None."""
+    if os.environ.get(ATTENTION_ENV, "auto") == "xla":
+        return None
+    ok = cudnn_eligible((q.dtype, k.dtype, v.dtype), q.shape[-1], v.shape[-1], _cuda_head_dim_max())
+    return "cudnn" if ok else None
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """softmax(q k^T · scale) v per head: q (B, T, N, H), k and v (B, S, N, H) -> (B, T, N, H) in v's dtype,
+    through ``jax.nn.dot_product_attention``. On CPUs and for float32 inputs that is XLA's implementation
+    (``implementation=None``): logits q·k accumulated in float32 and then scaled, softmax in float32,
+    probabilities cast to v's dtype, then ·v, i.e. the einsum/softmax the models computed before. With float16 /
+    bfloat16 inputs on a CUDA GPU it is cuDNN's fused flash attention (``attention_implementation``), which keeps
+    the float32 softmax. A model that scales q and k separately (guided-diffusion) scales them itself and passes
+    ``scale=1.0``."""
+    impl = attention_implementation(q, k, v)
+    if impl is not None:
+        try:
+            return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+        except (NotImplementedError, ValueError, RuntimeError):  # shapes cuDNN refuses at trace time
+            pass
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=None)
