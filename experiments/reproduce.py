@@ -1,11 +1,12 @@
 """The whole paper on one model: every analysis in dependency order, sharing runs, into one report folder.
 
     python -m experiments.reproduce                                    # built-in model, quick sizes (2 CPU cores)
-    python -m experiments.reproduce --model=adm32 --n=10240 --steps=100 --batch=256     # the paper's table set
+    python -m experiments.reproduce --model=adm32 --n=10240 --steps=100 --batch=256 --swap-steps=50  # the paper's
 
 Runs each analysis below with the same model, seed and precision; --n and --steps apply to the analyses on the
-standard sample / invert / reconstruct run (computed once and shared), while the analyses that record whole
-trajectories or sweep K or T keep their own sample counts / step lists (see their --help). Writes into --out:
+standard sample / invert / reconstruct run (computed once and shared); the analyses that record whole trajectories
+take --steps but keep their own sample counts, steps keeps its T list (10, 20 and --steps) and swap its own N and T
+(--swap-steps sets its T), see their --help. On the built-in model at the defaults: about 20 CPU-minutes. Writes into --out:
 report.md (every table, with the paper reference, and the figures), one sub-folder per analysis with its JSON, CSV
 and PNG files, and report.json (settings, timings, result paths). Rerunning reuses every finished run.
 
@@ -35,7 +36,7 @@ ANALYSES = (
     ("plain", "Tab. 5, Fig. 11, App. C (§3.7)", STANDARD),
     ("assignment", "Tab. 8, Fig. 12-13 (§3.11)", STANDARD),
     ("steps", "Tab. 10, Tab. 11", ("n", *OWN_SIZES)),
-    ("swap", "Tab. 9 and the forward fix (§3.13)", ("steps", *OWN_SIZES)),
+    ("swap", "Tab. 9 and the forward fix (§3.13)", OWN_SIZES),
     ("approximation_error", "Fig. 4, Tab. 6, App. D (§3.8)", ("steps", *OWN_SIZES)),
     ("trajectories", "Fig. 3 (§3.5)", ("steps", *OWN_SIZES)),
 )
@@ -48,6 +49,9 @@ def build_parser():
     p.add_argument("--only", default=None, metavar="A,B",
                    help=f"comma-separated analyses to run (default: all of {', '.join(NAMES)})")
     p.add_argument("--skip", default="", metavar="A,B", help="comma-separated analyses to leave out")
+    p.add_argument("--swap-steps", type=int, default=None,
+                   help="T of the swap table (default: the swap analysis's own, sized for a CPU; the paper's Tab. 9 "
+                        "used T = 50)")
     return p
 
 
@@ -60,10 +64,13 @@ def chosen(args) -> list[str]:
     return [a for a in NAMES if a in only and a not in skip]
 
 
-def options_for(module, args, takes) -> object:
+def options_for(name: str, module, args, takes) -> object:
     """The analysis's own defaults, with the report's flags it takes."""
     fields = {f.name for f in dataclasses.fields(module.Options)}
-    return module.Options(**{k: getattr(args, k) for k in takes if k in fields})
+    given = {k: getattr(args, k) for k in takes if k in fields}
+    if name == "swap" and args.swap_steps is not None:
+        given["steps"] = args.swap_steps
+    return module.Options(**given)
 
 
 def figures(folder: str) -> list[str]:
@@ -76,13 +83,13 @@ def main(argv: list[str] | None = None) -> str:
     names = chosen(args)
     ws = cli.workspace(args)
     out = cli.out_dir(args, ws.tag, "reproduce")
-    cli.warn_if_slow(args.n, args.steps, 3 * len(names), "reproduce")
+    cli.warn_if_slow(args.n, args.steps, 6, "reproduce")  # the standard run, and about as much again elsewhere
     refs = {name: (ref, takes) for name, ref, takes in ANALYSES}
     sections, summary = [], {"model": ws.tag, "settings": {k: getattr(args, k) for k in STANDARD}, "analyses": {}}
     for i, name in enumerate(names):
         ref, takes = refs[name]
         module = importlib.import_module(f"experiments.{name}")
-        opts = options_for(module, args, takes)
+        opts = options_for(name, module, args, takes)
         print(f"[{i + 1}/{len(names)}] {name} ({ref})", flush=True)
         start = time.time()
         result = module.compute(ws, opts)
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> str:
         io.write_json(os.path.join(out, "report.json"), summary)
     header = (f"# There and Back Again, reproduced on `{ws.tag}`\n\n"
               f"Standard run: N = {args.n}, T = {args.steps}, seed {args.seed}, precision {args.precision}. "
-              f"Written by `python -m experiments.reproduce {' '.join(sys.argv[1:] if argv is None else argv)}`.\n")
+              f"Written by `{' '.join(['python -m experiments.reproduce', *(sys.argv[1:] if argv is None else argv)])}`"
+              ".\n")
     with io.atomic_path(os.path.join(out, "report.md")) as tmp, open(tmp, "w") as f:
         f.write("\n".join([header, *sections]))
     total = sum(a["seconds"] for a in summary["analyses"].values())
