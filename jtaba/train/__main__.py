@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from jtaba.cli import HelpFormatter
+from jtaba.precision import PRECISIONS
 from jtaba.train.presets import PRESETS, get_preset
 
 PROG = "python -m jtaba.train"
@@ -78,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay " + _preset_default("weight_decay"))
     p.add_argument("--ema", type=float, help="EMA rate of the exported weights (guided-diffusion: 0.9999) "
                                              + _preset_default("ema_rate"))
-    p.add_argument("--dtype", choices=("float32", "bfloat16"),
-                   help="compute dtype of the U-Net torso; parameters and optimizer state stay float32 "
+    p.add_argument("--dtype", choices=PRECISIONS,
+                   help="precision (jtaba.precision): float32 = true fp32 (matmul precision highest), tf32, or "
+                        "bfloat16 compute of the U-Net torso; parameters and optimizer state stay float32 "
                         + _preset_default("compute_dtype"))
     p.add_argument("--dataset", help="procedural (built in), cifar10, imagenet64, or another tfds image dataset "
                                      "prepared as array_record under --data-dir " + _preset_default("dataset"))

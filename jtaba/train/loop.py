@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jtaba import precision
 from jtaba.data import BatchIterator, open_dataset
 from jtaba.sharding import batch_sharding, data_mesh, replicated
 from jtaba.train.presets import TrainConfig
@@ -73,9 +74,15 @@ def abstract_state(cfg: TrainConfig, mesh) -> TrainState:
 def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None,
           on_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainState:
     """Train until ``cfg.steps`` updates (or a stop signal), resuming from ``out_dir``; returns the final state.
+    Matmuls and convolutions run at ``cfg.compute_dtype``'s precision (``jtaba.precision``: float32 = highest).
 
     ``on_step(step)`` is called after every update (before any checkpoint of that step).
     """
+    with precision.scope(cfg.compute_dtype):
+        return _train(cfg, out_dir, data_dir, on_step, progress)
+
+
+def _train(cfg: TrainConfig, out_dir: str, data_dir, on_step, progress) -> TrainState:
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {mesh.size} devices")

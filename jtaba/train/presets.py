@@ -29,7 +29,7 @@ class TrainConfig(ConfigBase):
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
     random_flip: bool = True
-    compute_dtype: str = "float32"  # "float32" | "bfloat16" (params stay float32)
+    compute_dtype: str = "float32"  # a jtaba.precision name: "float32" | "tf32" | "bfloat16" (params stay float32)
     seed: int = 0
     save: str = "every:2500"  # jtaba.train.save_schedule spec
     keep: int | None = None  # checkpoints kept (None = all)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from jtaba import precision
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import adm
 from jtaba.sharding import batch_sharding, replicated
@@ -18,11 +19,10 @@ from jtaba.train import diffusion_loss as dl
 from jtaba.train.presets import TrainConfig
 from jtaba.train.state import TrainState, ema_update, make_optimizer
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def network_for(cfg: TrainConfig) -> adm.Network:
-    return adm.Network(adm.Config.from_flags(cfg.flags_dict), dtype=DTYPES[cfg.compute_dtype])
+    return adm.Network(adm.Config.from_flags(cfg.flags_dict), dtype=precision.compute_dtype(cfg.compute_dtype))
 
 
 def random_flip(rng: jax.Array, x: jax.Array) -> jax.Array:
