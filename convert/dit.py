@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                "paper)\n"
                "  python convert/dit.py --src path/to/DiT-XL-2-256 --out ckpt/dit256    (the same, downloaded)\n"
                "  python convert/dit.py --src DiT-XL-2-256x256.pt --vae stabilityai/sd-vae-ft-ema --out ckpt/dit\n"
+               "  python convert/dit.py --src DiT-XL-2-256x256.pt --guidance facebook --out ckpt/dit-latents   "
+               "(no VAE: latents only; facebook's guidance)\n"
                "The facebook release: https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt")
     p.add_argument("--src", required=True,
                    help="a facebookresearch/DiT checkpoint (.pt state dict, e.g. DiT-XL-2-256x256.pt), a diffusers "

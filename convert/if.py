@@ -316,9 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python convert/if.py", formatter_class=HelpFormatter,
         description="Convert DeepFloyd IF stage I (UNet + schedule) into a jtaba checkpoint and compute T5 prompt "
-                    "embeddings (the empty prompt always; --prompts optionally).",
+                    "embeddings (the empty prompt, unless --null-prompt-embeds gives it or --no-text-encoder goes "
+                    "without; --prompts optionally).",
         epilog=f"Examples:\n  python convert/if.py --src {IF_HUB_ID} --out ckpt/if --prompts prompts.txt\n"
                "  python convert/if.py --src path/to/IF-I-XL-v1.0 --out ckpt/if   (a downloaded pipeline folder)\n"
+               "  python convert/if.py --src path/to/IF-I-XL-v1.0 --out ckpt/if --null-prompt-embeds null.npy   "
+               "(no T5)\n"
                f"{GATED}.")
     p.add_argument("--src", required=True, help=f"hub id ({IF_HUB_ID}) or a local diffusers IF pipeline folder "
                                                 "with unet/ and scheduler/ (and text_encoder/ tokenizer/)")
@@ -340,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="T5 compute dtype (default float16 as upstream; float32 needs ~19 GB of RAM)")
     p.add_argument("--device", default=None, help="torch device for T5 (default cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per T5 call (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per T5 call")
     return p
 
 
