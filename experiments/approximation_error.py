@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
@@ -274,10 +273,7 @@ def network_passes(ws, opts: Options) -> int:
     return 2
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    return cli.run_analysis(sys.modules[__name__], argv)
+main = cli.analysis_main(__name__)
 
 
 if __name__ == "__main__":

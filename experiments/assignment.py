@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 
 import numpy as np
 
@@ -308,10 +307,7 @@ def network_passes(ws, opts: Options) -> int:
     return math.ceil(total / opts.steps)
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    return cli.run_analysis(sys.modules[__name__], argv)
+main = cli.analysis_main(__name__)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
@@ -258,10 +257,7 @@ def out_parts(opts: Options) -> list[str]:
     return parts + ([] if opts.replace else ["norepl"])
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    return cli.run_analysis(sys.modules[__name__], argv)
+main = cli.analysis_main(__name__)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@
 Runs each analysis below with the same model, seed and precision; --n and --steps apply to the analyses on the
 standard sample / invert / reconstruct run (computed once and shared); the analyses that record whole trajectories
 take --steps but keep their own sample counts, steps keeps its T list (10, 20 and --steps) and swap its own N and T
-(--swap-steps sets its T), see their --help. On the built-in model at the defaults: about 20 CPU-minutes. Writes into --out:
-report.md (every table, with the paper reference, and the figures), one sub-folder per analysis with its JSON, CSV
-and PNG files, and report.json (settings, timings, result paths). Rerunning reuses every finished run.
+(--swap-steps sets its T), see their --help. On the built-in model at the defaults: about 20 CPU-minutes.
+Writes into --out: report.md (every table, with the paper reference, and the figures), one sub-folder per analysis
+with its JSON, CSV and PNG files, and report.json (settings, timings, result paths). Rerunning reuses every
+finished run.
 
 Not in this report: App. G (training dynamics, needs a training run: ``python -m experiments.training_dynamics
 --run=DIR``) and the analyses that need perception metrics (interpolation FID, editing diversity, alignment).

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 
 from experiments.assignment import ARROWS, DIRECTIONS, accuracies, parse_int_list
 from experiments.triangles import CALC_ANGLE_KEYS, SIDES, VERTICES, angle_table
@@ -186,10 +185,7 @@ def network_passes(ws, opts: Options) -> int:
     return math.ceil(3 * sum(opts.all_steps) / opts.steps)
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    return cli.run_analysis(sys.modules[__name__], argv)
+main = cli.analysis_main(__name__)
 
 
 if __name__ == "__main__":

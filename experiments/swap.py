@@ -26,7 +26,8 @@ same samples. The paper used T = 50 and K in {1, 2, 3, 5} (2-10 % of the steps; 
 defaults (N = 64, T = 20, K in {1, 2, 3, 5, 10}) are sized for the built-in model on 2 CPU cores: 34 network passes
 over N samples, about 4 minutes (not the shared N = 512, T = 50 of the other analyses: 34 passes of those would
 take over an hour there, so at the defaults the K = 0 run is this analysis's own); the swap type and K are
-compiled into the inversion loop, so every (type, K) also compiles once (the persistent compilation cache keeps them for later runs).
+compiled into the inversion loop, so every (type, K) also compiles once (the persistent compilation cache keeps
+them for later runs).
 
 Writes into --out: swap.json (every number, run paths and skip notes), swap.csv (one row per K as Tab. 9: K, % of
 T, then per method the correlation mean / std, image error, noise error, KL) and swap.png (each metric against K,
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 from jtaba import cli, io, plotting
 from jtaba.runs import StandardOptions
@@ -314,10 +314,7 @@ def network_passes(ws, opts: Options) -> int:
     return 4 + 2 * per_k * len(opts.k_list)
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    return cli.run_analysis(sys.modules[__name__], argv)
+main = cli.analysis_main(__name__)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,18 @@ def options_from_args(options_class, args: argparse.Namespace):
                             if hasattr(args, f.name)})
 
 
+def analysis_main(module_name: str):
+    """The ``main(argv=None)`` of the analysis module ``module_name`` (pass ``__name__``): ``run_analysis`` with
+    one-line errors and a clean Ctrl-C (``entry_point``)."""
+
+    @entry_point
+    def main(argv: list[str] | None = None) -> str:
+        """Run the analysis; returns the output folder."""
+        return run_analysis(sys.modules[module_name], argv)
+
+    return main
+
+
 def run_analysis(module, argv=None) -> str:
     """An analysis module's command: flags -> options -> runs -> tables and figures; returns the output folder.
 
