@@ -34,9 +34,7 @@ class Options(StandardOptions):
 
 def build_parser():
     p = cli.parser("python -m experiments.triangles", __doc__)
-    cli.add_analysis_flags(p, Options,
-                           n_help="number of samples N (512: about 3 minutes on 2 CPU cores with the built-in "
-                                  "model; the paper used 10,240 and T = 100)")
+    cli.add_analysis_flags(p, Options)
     return p
 
 
