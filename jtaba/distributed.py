@@ -8,6 +8,9 @@ explicitly for older versions that had none); the localhost tests run two CPU pr
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import threading
 
 import jax
 
@@ -44,9 +47,16 @@ def initialize_from_flags(args: argparse.Namespace) -> None:
         return
     if args.num_processes is None or args.process_id is None:
         raise SystemExit("--coordinator needs --num-processes and --process-id")
+    message = (f"error: process {args.process_id} of {args.num_processes} could not join the run at "
+               f"{args.coordinator} within --init-timeout={args.init_timeout} s (are all processes started, with the "
+               f"same --coordinator?)")
+    # JAX aborts the process (a C++ fatal error) when its own deadline passes: end first, with a one-line message.
+    watchdog = threading.Timer(args.init_timeout, lambda: (print(message, file=sys.stderr, flush=True), os._exit(2)))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
+        initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout + 30)
     except Exception as e:  # jax raises XlaRuntimeError / RuntimeError with a long service trace
-        raise SystemExit(f"error: process {args.process_id} of {args.num_processes} could not join the run at "
-                         f"{args.coordinator} within --init-timeout={args.init_timeout} s (are all processes "
-                         f"started, with the same --coordinator?): {str(e).splitlines()[0] if str(e) else e}") from None
+        raise SystemExit(f"{message}: {str(e).splitlines()[0] if str(e) else e}") from None
+    finally:
+        watchdog.cancel()

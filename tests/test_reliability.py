@@ -88,3 +88,19 @@ def test_swap_from_a_run_of_another_model_is_refused(ckpts, tmp_path):
         assert os.path.exists(os.path.join(out, "latents.npy"))
     finally:
         os.replace(moved, ckpts["plain"])
+
+
+def test_a_missing_peer_process_ends_with_one_line_after_init_timeout(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.processes import free_port
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "experiments.sample_invert", "--n", "2", "--steps", "1",
+                           "--coordinator", f"localhost:{free_port()}", "--num-processes", "2", "--process-id", "0",
+                           "--init-timeout", "3", "--runs-dir", str(tmp_path)],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: process 0 of 2 could not join the run at")
+    assert not os.listdir(tmp_path)

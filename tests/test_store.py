@@ -129,3 +129,20 @@ def test_final_files_are_checked_and_the_folder_is_locked(tmp_path):
         store.RunStore(other, PARAMS, N)
     with pytest.raises(store.RunMismatch, match="is a file"):
         store.RunStore(os.path.join(d, "samples.npy"), PARAMS, N)
+
+
+def test_full_disk_keeps_the_chunks_and_says_so(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    d = str(tmp_path / "run")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 100))
+    with pytest.raises(OSError, match=r"not enough free space .* GiB needed, 0.00 GiB free"):
+        run(d, 4)
+    assert store.RunStore(d, PARAMS, N).done_mask().all()  # every chunk kept
+    monkeypatch.undo()
+    ref = str(tmp_path / "ref")
+    run(ref, 4)
+    run(d, 4)
+    assert files(d) == files(ref)
