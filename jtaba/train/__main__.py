@@ -155,6 +155,13 @@ def main(argv=None) -> None:
         print(f"\naborted; run the same command again to resume from {since} in {out}:\n  {command}",
               file=sys.stderr)
         raise SystemExit(130) from None
+    except (ValueError, OSError) as e:  # bad settings, unreadable data, a full disk: one line, checkpoints kept
+        if os.environ.get("JTABA_DEBUG"):
+            raise
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        cause = lines[0] + (" (...)" if len(lines) > 3 else "".join("\n" + line for line in lines[1:]))
+        raise SystemExit(f"error: {cause}\n(the checkpoints already in {out} are intact; fix the cause and run the "
+                         f"same command again to resume)") from None
     step = int(state.step)
     if step < cfg.steps:
         print(f"stopped at step {step} of {cfg.steps} with a checkpoint in {out}; run the same command again to "
