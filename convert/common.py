@@ -9,13 +9,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import shutil
 import sys
+import types
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
+
+
+def import_torchvision():
+    """torchvision, importable even where its compiled ops do not load (PyPI's CUDA torchvision wheel beside a CPU
+    torch fails in ``torchvision._meta_registrations``: "operator torchvision::nms does not exist"); the converters
+    and oracles use only its pure-Python model definitions, so that module is stubbed out then. transformers and
+    diffusers import torchvision whenever it is installed, hence the call below."""
+    try:
+        return importlib.import_module("torchvision")
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+        return importlib.import_module("torchvision")
+
+
+if importlib.util.find_spec("torchvision") is not None:
+    import_torchvision()
 
 
 class ConversionError(ValueError):

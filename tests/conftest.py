@@ -12,6 +12,9 @@ os.environ["JTABA_HOME"] = tempfile.mkdtemp(prefix="jtaba-test-home-")
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "_tfds_never_downloads"))
 
 
+import convert.common  # noqa: E402,F401  (makes an installed torchvision importable before any test imports it)
+
+
 @pytest.fixture(autouse=True)
 def _highest_precision():
     """Parity tests compare fp32 against torch: no reduced-precision matmuls."""

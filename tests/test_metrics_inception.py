@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.torchvision_cpu import import_torchvision
+from convert.common import import_torchvision
 
 from tests.golden import report
 
