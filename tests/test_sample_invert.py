@@ -239,3 +239,15 @@ def test_impossible_runs_are_refused_before_writing(ckpt, ref, tmp_path):
         with pytest.raises(SystemExit, match=msg):
             sample_invert.main(["--ckpt", ckpt, "--steps", str(T), *extra, "--out", out])
     assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_processes_started_with_other_settings_refuse_before_writing(ckpt, tmp_path):
+    out, coord = str(tmp_path / "mixed"), f"localhost:{free_port()}"
+    procs = [spawn(["--ckpt", ckpt, *RUN, "--steps", str(steps), "--out", out, "--coordinator", coord,
+                    "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60"], devices=1)
+             for pid, steps in ((0, T), (1, T + 1))]
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode != 0 and "processes [1] were given other settings" in log, log[-2000:]
+    assert not os.path.exists(out)

@@ -130,24 +130,27 @@ def _check_model(model: Model, s: RunSettings) -> bool:
 
 
 def _open_store(out: str, ident: dict, n: int):
-    """Process 0 opens the run folder; every process learns which samples are done and checks that it computes
-    the same run as process 0 (same fingerprint)."""
+    """Every process checks that it computes the same run as process 0 (same fingerprint); then process 0 opens
+    the run folder and every process learns which samples are done."""
     fp = np.frombuffer(bytes.fromhex(settings_digest(ident)), np.uint8)
-    st, status, error = None, np.zeros(n + 1 + fp.size, np.uint8), None
+    if jax.process_count() > 1:  # before anything is written or sized by N: every process must run the same run
+        fps = np.asarray(multihost_utils.process_allgather(fp)).reshape(jax.process_count(), -1)
+        other = [i for i in range(len(fps)) if not np.array_equal(fps[i], fps[0])]
+        if other:
+            raise RunMismatch(f"processes {other} were given other settings, inputs or model than process 0 (run "
+                              f"fingerprints differ); start every process with the same command")
+    st, status, error = None, np.zeros(n + 1, np.uint8), None
     if jax.process_index() == 0:
         try:
             st = RunStore(out, ident, n)
-            status[0], status[1:n + 1], status[n + 1:] = 1, st.done_mask(), fp
+            status[0], status[1:] = 1, st.done_mask()
         except RunMismatch as e:
             error = e
     if jax.process_count() > 1:
         status = np.asarray(multihost_utils.broadcast_one_to_all(status))
     if not status[0]:
         raise RunMismatch(str(error) if error else "process 0 refused the run folder")
-    if not np.array_equal(status[n + 1:], fp):
-        raise RunMismatch(f"process {jax.process_index()} was given other settings, inputs or model than process 0 "
-                          f"(run fingerprints differ); start every process with the same command")
-    return st, status[1:n + 1].astype(bool)
+    return st, status[1:].astype(bool)
 
 
 def _batch(model: Model, s: RunSettings, inputs: _Inputs, put, start: int, stop: int, class_cond: bool) -> dict:
