@@ -47,7 +47,8 @@ from convert.common import (
     staged_output,
     to_numpy,
 )
-from convert.dino import encoder_rules, fetch, layernorm, read_json, weights_file
+from convert.dino import encoder_rules, fetch, layernorm, weights_file
+from jtaba import io
 from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter
 from jtaba.metrics import clip as C
@@ -134,7 +135,7 @@ def convert_state(state: Mapping[str, Any], config: C.Config, source_name: str =
 
 
 def convert_folder(folder: str) -> tuple[dict, dict]:
-    config = config_from_hf(read_json(os.path.join(folder, "config.json")))
+    config = config_from_hf(io.read_json(os.path.join(folder, "config.json")))
     path = weights_file(folder)
     return convert_state(load_state_dict(path), config, source_name=path)
 

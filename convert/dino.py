@@ -18,7 +18,6 @@ annotators convert the same way), and ``embeddings.mask_token``. Both the hub / 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -40,6 +39,7 @@ from convert.common import (
     load_state_dict,
     staged_output,
 )
+from jtaba import io
 from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter
 from jtaba.metrics import dino as D
@@ -89,14 +89,6 @@ def encoder_rules(out: dict, path: tuple, n_layers: int, names: Mapping[str, str
         linear(out, p + ("attn", "o"), names["o"].format(i=i))
         linear(out, p + ("fc1",), names["fc1"].format(i=i))
         linear(out, p + ("fc2",), names["fc2"].format(i=i))
-
-
-def read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read it as JSON ({e})") from None
 
 
 def weights_file(folder: str) -> str:
@@ -204,7 +196,7 @@ def convert_state(state: Mapping[str, Any], config: V.VisionConfig, source_name:
 
 
 def convert_folder(folder: str) -> tuple[dict, dict]:
-    config = config_from_hf(read_json(os.path.join(folder, "config.json")))
+    config = config_from_hf(io.read_json(os.path.join(folder, "config.json")))
     path = weights_file(folder)
     return convert_state(load_state_dict(path), config, source_name=path)
 

@@ -17,7 +17,6 @@ shared embedder, distinct ones are kept per block (``Config.block_embedders``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Mapping
@@ -34,6 +33,7 @@ from convert.common import staged_output
 from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
                             identity, load_state_dict, to_numpy)
 from jtaba.cli import HelpFormatter
+from jtaba import io
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import dit
@@ -171,11 +171,6 @@ def facebook_input_size(state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> 
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def download(repo_id: str, patterns: list[str]) -> str:
     """``huggingface_hub.snapshot_download`` of the given files; offline, a clear message naming what to fetch."""
     try:
@@ -223,14 +218,14 @@ def check_vae_config(folder: str) -> None:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} missing (expected a diffusers AutoencoderKL folder)")
     try:
-        vae.Config.from_diffusers(_read_json(path))
+        vae.Config.from_diffusers(io.read_json(path))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
 
 
 def convert_vae(folder: str) -> tuple[dict, dict]:
     """A diffusers AutoencoderKL folder -> (jtaba config dict of family ``vae``, params)."""
-    return convert_autoencoder_kl(load_state_dict(folder), _read_json(os.path.join(folder, "config.json")),
+    return convert_autoencoder_kl(load_state_dict(folder), io.read_json(os.path.join(folder, "config.json")),
                                   source_name=folder)
 
 
@@ -275,7 +270,7 @@ def _facebook_flags(path: str | None) -> dict:
     if path is None:
         return {}
     try:
-        flags = _read_json(path)
+        flags = io.read_json(path)
     except OSError as e:
         fail(f"--flags {path}: cannot read it ({e.strerror})")
     except ValueError as e:
@@ -309,10 +304,10 @@ def resolve_source(args) -> dict:
                 out["vae"] = os.path.join(src, "vae")
             sched = os.path.join(src, "scheduler", "scheduler_config.json")
             if os.path.exists(sched):
-                out["scheduler"] = _read_json(sched)
+                out["scheduler"] = io.read_json(sched)
             index = os.path.join(src, "model_index.json")
-            if os.path.exists(index) and "id2label" in _read_json(index):
-                out["extras"]["id2label"] = _read_json(index)["id2label"]
+            if os.path.exists(index) and "id2label" in io.read_json(index):
+                out["extras"]["id2label"] = io.read_json(index)["id2label"]
     if args.no_vae:
         out["vae"] = None
     return out
@@ -334,7 +329,7 @@ def check_before_weights(source: dict, args, vae_folder: str | None) -> Diffusio
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} missing (expected a DiTTransformer2DModel folder or a DiT pipeline)")
         try:
-            dit.Config.from_diffusers(_read_json(path))
+            dit.Config.from_diffusers(io.read_json(path))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
     try:
@@ -364,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 tdir = source["transformer"]
                 state = load_state_dict(tdir)
-                config, params = convert_diffusers(state, _read_json(os.path.join(tdir, "config.json")),
+                config, params = convert_diffusers(state, io.read_json(os.path.join(tdir, "config.json")),
                                                    source_name=tdir)
             del state
             diffusion = diffusion.replace(learned_sigma=config.learn_sigma)

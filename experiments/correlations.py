@@ -260,9 +260,7 @@ def write_outputs(result: dict, out: str) -> dict:
 
 def out_parts(opts: Options) -> list[str]:
     """Out-folder name parts for the analysis settings that differ from their defaults."""
-    d = Options()
-    named = (("null_sets", "null{}"), ("null_seed", "nullseed{}"))
-    parts = [fmt.format(getattr(opts, k)) for k, fmt in named if getattr(opts, k) != getattr(d, k)]
+    parts = cli.changed_parts(opts, (("null_sets", "null{}"), ("null_seed", "nullseed{}")))
     return parts + (["fp16"] if opts.upstream_fp16 else [])
 
 

@@ -251,10 +251,8 @@ def write_outputs(result: dict, out: str) -> dict:
 
 def out_parts(opts: Options) -> list[str]:
     """Out-folder name parts for the analysis settings that differ from their defaults."""
-    d = Options()
     named = (("limit", "limit{}"), ("p_value", "p{:g}"), ("index_seed", "iseed{}"), ("show", "show{}"))
-    parts = [fmt.format(getattr(opts, k)) for k, fmt in named if getattr(opts, k) != getattr(d, k)]
-    return parts + ([] if opts.replace else ["norepl"])
+    return cli.changed_parts(opts, named) + ([] if opts.replace else ["norepl"])
 
 
 main = cli.analysis_main(__name__)

@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> str:
 
     model, tag = cli.load_model(args)
     settings = settings_from_args(args)
-    _, n = runs.plan(model, settings)
     passes = 1 + (not args.no_inversion) + (not (args.no_inversion or args.no_reconstruction))
-    cli.warn_if_slow(n, args.steps, passes, "sample_invert")
+    cli.warn_if_slow(settings.sample_count(), args.steps, passes, "sample_invert")
     result = runs.run(model, settings, args.out, root=args.runs_dir, tag=tag, reuse=not args.no_reuse,
                       command=argv)
     if result is not None:

@@ -175,6 +175,13 @@ def run_settings(args: argparse.Namespace, **overrides):
     return RunSettings(**{**base, **overrides})
 
 
+def changed_parts(opts, named) -> list[str]:
+    """Out-folder name parts ``fmt.format(value)`` for the options in ``named`` ((field, fmt), ...) whose value
+    differs from the options class's default."""
+    default = type(opts)()
+    return [fmt.format(getattr(opts, k)) for k, fmt in named if getattr(opts, k) != getattr(default, k)]
+
+
 def out_dir(args: argparse.Namespace, tag: str, analysis: str, *parts: str) -> str:
     """``--out``, or ``<runs-dir>/<model>/<analysis>/T<T>_n<N>_seed<S>[_<parts>][_<precision>]``."""
     if args.out:

@@ -56,8 +56,12 @@ def write_json(path: str, obj: Any, sort_keys: bool = False) -> str:
 
 
 def read_json(path: str) -> Any:
+    """The JSON document in ``path``; ValueError naming the file when it is not valid JSON."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:

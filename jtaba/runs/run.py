@@ -26,7 +26,6 @@ from jtaba.runs.reader import METRICS, Run, RunNotFinished, find_run
 from jtaba.runs.settings import SWAP_FILES, RunSettings, folder_name, identity
 from jtaba.runs.store import RunMismatch, RunStore, pending_ranges
 
-DEFAULT_N = 1024
 
 
 @dataclasses.dataclass
@@ -73,7 +72,7 @@ def _inputs(model: Model, s: RunSettings, mfp: str) -> tuple[_Inputs, int]:
     arrays = {"noise": noise, "samples": samples, "labels": labels, "prompt_embeds": s.prompt_embeds,
               "forward_noise": s.forward_noise}
     given = [(k, a) for k, a in arrays.items() if a is not None]
-    n = s.n if s.n is not None else (len(given[0][1]) if given else DEFAULT_N)
+    n = s.sample_count()
     shape = tuple(model.sample_shape)
     for k, a in given + [("swap_from", np.moveaxis(a, 1, 0)) for a in (swap or {}).values()]:
         if len(a) < n:

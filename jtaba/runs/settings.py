@@ -14,6 +14,7 @@ import numpy as np
 from jtaba import precision as precision_lib
 from jtaba.runs.fingerprint import array_digest
 
+DEFAULT_N = 1024
 SWAP_TYPES = ("eps", "xt")
 FORWARD_LEVELS = ("exact", "upstream")
 SWAP_FILES = {"eps": "all_t_eps_samples", "xt": "all_t_samples"}
@@ -61,6 +62,17 @@ class RunSettings:
     swap_type: str = "eps"
     precision: str = "float32"
     schedule_dtype: Optional[str] = None
+
+    def sample_count(self) -> int:
+        """N: ``n``, else the rows of the first input that fixes it (noise, the swap run, samples, labels, prompt
+        embeddings, forward noise, in that order), else 1024."""
+        if self.n is not None:
+            return int(self.n)
+        swap = None if self.swap_from is None else range(self.swap_from.n)
+        for a in (self.noise, swap, self.samples, self.labels, self.prompt_embeds, self.forward_noise):
+            if a is not None:
+                return len(a)
+        return DEFAULT_N
 
     def replace(self, **kw) -> "RunSettings":
         return dataclasses.replace(self, **kw)
