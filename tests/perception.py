@@ -1,0 +1,86 @@
+"""Tiny random perception networks in a jtaba model home, for the analyses' end-to-end tests.
+
+``write_tiny_networks(models_dir, roles)`` writes checkpoints of the families the converters write, under the
+default names of ``jtaba.metrics.networks.ROLES`` (point ``JTABA_HOME`` at the parent of ``models_dir``). The
+networks are small (ViTs of width 32 on 224-pixel inputs with 56-pixel patches) or, where the architecture is
+fixed (LPIPS AlexNet, FID Inception), full size with random weights.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jtaba.checkpoint import save_checkpoint
+
+TINY_VIT = dict(image_size=224, patch_size=56, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)
+
+
+def _lpips(seed):
+    from jtaba.metrics import lpips as L
+
+    config = L.Config(net="alex")
+    return {"family": L.FAMILY, "model": config.to_dict(), "diffusion": None}, L.init_params(config, seed)
+
+
+def _dino(seed):
+    from jtaba.metrics import dino as D
+
+    config = D.Config(**TINY_VIT)
+    return {"family": D.FAMILY, "model": config.to_dict(), "diffusion": None}, D.init_params(config, seed)
+
+
+def _clip(seed):
+    from jtaba.metrics import clip as C
+    from jtaba.metrics import vit_features as V
+
+    config = C.Config(V.VisionConfig(kind="clip", layer_norm_eps=1e-5, hidden_act="quick_gelu", projection_dim=24,
+                                     **TINY_VIT),
+                      V.TextConfig(vocab_size=60, max_position_embeddings=16, hidden_size=32, num_layers=2,
+                                   num_heads=4, intermediate_size=48, projection_dim=24))
+    return {"family": C.FAMILY, "model": config.to_dict(), "diffusion": None}, C.init_params(config, seed)
+
+
+def _inception(seed):
+    from jtaba.metrics import inception as I
+
+    config = I.Config()
+    return {"family": I.FAMILY, "model": config.to_dict(), "diffusion": None}, I.init_params(config, seed)
+
+
+def _dreamsim(seed):
+    from jtaba.metrics import dreamsim as S
+
+    config = S.tiny_config()
+    return {"family": S.FAMILY, "model": config.to_dict(), "diffusion": None}, S.init_params(config, seed)
+
+
+MAKERS = {"lpips": _lpips, "dino": _dino, "clip": _clip, "inception": _inception, "dreamsim": _dreamsim}
+
+
+def write_tiny_networks(models_dir, roles=("lpips", "dino", "clip"), seed: int = 0) -> dict[str, str]:
+    """{role: checkpoint folder} of tiny random networks written under ``models_dir`` by their default names."""
+    from jtaba.metrics.networks import default_name
+
+    out = {}
+    for i, role in enumerate(roles):
+        config, params = MAKERS[role](seed + i)
+        out[role] = os.path.join(str(models_dir), default_name(role))
+        save_checkpoint(out[role], config, params)
+    return out
+
+
+def write_prompt_embeds(clip_dir, name: str, prompts, seed: int = 0) -> np.ndarray:
+    """clip_dir/prompts/<name>.npy: random (N, P) text embeddings standing in for ``convert/clip.py --prompts``."""
+    import json
+
+    from jtaba.checkpoint import read_config
+
+    dim = read_config(str(clip_dir))["model"]["text"]["projection_dim"]
+    emb = np.random.default_rng(seed).normal(size=(len(prompts), dim)).astype(np.float32)
+    folder = os.path.join(str(clip_dir), "prompts")
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, f"{name}.npy"), emb)
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
+        json.dump({"prompts": list(prompts)}, f)
+    return emb
