@@ -30,7 +30,7 @@ CONVERT_COMMANDS = {
     "inception_fid": "python convert/inception.py",
     "dino_vits16": "python convert/dino.py --src facebook/dino-vits16",
     "clip_vitb32": "python convert/clip.py --src openai/clip-vit-base-patch32",
-    "dreamsim": "python convert/dreamsim.py",
+    "dreamsim": "python convert/dreamsim.py --src res/dreamsim",
 }
 
 

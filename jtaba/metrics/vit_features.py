@@ -189,7 +189,8 @@ def _encoder(c, dtype) -> Encoder:
 class VisionTransformer(nn.Module):
     """NHWC preprocessed pixels (B, S, S, C), S = ``image_size`` -> {"last_hidden_state" (B, N + 1, D),
     "pooled" (B, D): the CLS token (kind "vit": of the final LayerNorm; "clip": post_layernorm of it),
-    "embeds" (B, P): kind "clip" only, the projection}."""
+    "embeds" (B, P): kind "clip" only, the projection, "encoder_output" (B, N + 1, D): the last block's output
+    before any final LayerNorm (DreamSim's DINO feature)}."""
     config: VisionConfig
     dtype: Any = jnp.float32
 
@@ -212,11 +213,11 @@ class VisionTransformer(nn.Module):
             x = ln("pre_norm")(x)
         x = _encoder(c, self.dtype)(x).astype(jnp.float32)
         if not clip:
-            x = ln("norm")(x)
-            return {"last_hidden_state": x, "pooled": x[:, 0]}
+            h = ln("norm")(x)
+            return {"last_hidden_state": h, "pooled": h[:, 0], "encoder_output": x}
         pooled = ln("post_norm")(x[:, 0])
         embeds = nn.Dense(c.projection_dim, use_bias=False, dtype=jnp.float32, name="proj")(pooled)
-        return {"last_hidden_state": x, "pooled": pooled, "embeds": embeds}
+        return {"last_hidden_state": x, "pooled": pooled, "embeds": embeds, "encoder_output": x}
 
 
 def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
