@@ -16,6 +16,7 @@ from experiments import triangles
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import adm
+from tests.perception import random_params
 
 # Shared with test_exp_training_dynamics (same model config, T and padded batch: the loops compile once per session).
 TINY_FLAGS = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
@@ -40,16 +41,7 @@ def _tiny_shapes():
 def tiny_params(seed: int) -> dict:
     """Random params with the structure of ``Network.init`` (shapes via eval_shape). Values are drawn here instead
     of taken from init, whose zero-initialised output layers would make eps identically 0."""
-    shapes = _tiny_shapes()
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        name = path[-1].key
-        if len(s.shape) >= 2:
-            return (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
-        return ((1.0 if name == "scale" else 0.0) + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+    return random_params(_tiny_shapes(), seed)
 
 
 def save_tiny_checkpoint(directory, seed: int = 0) -> str:
