@@ -9,7 +9,10 @@ What is measured, per configuration:
   cache, "warm" a second compile after ``jax.clear_caches()`` that is served from that cache (the number of cache
   hits is checked and recorded). With ``--no-compilation-cache`` only the cold time, without a disk cache.
 * peak memory: XLA's buffer assignment of the larger of the two loops (arguments + outputs + temporaries); the
-  JSON also carries the device allocator's process peak where the device reports one (GPUs).
+  JSON also carries the device allocator's process peak where the device reports one (GPUs): that is the peak of
+  the whole process, so measure one configuration per process when comparing memory (``.ci/gpu`` does).
+* cuDNN attention: whether the compiled loops call cuDNN's fused attention (``__cudnn$fmha``; JSON
+  ``cudnn_attention``), as ``jax.nn.dot_product_attention`` picks it for bfloat16 on GPUs.
 * FLOPs per network call from the *un-optimised* HLO (``jax.jit(network).lower(...).cost_analysis()``, 2 FLOPs per
   multiply-add of every dot and convolution). The compiled (optimised) HLO is not used: on GPUs it hides the
   cuDNN / cuBLAS custom calls (an H200 reported 0.9 instead of 15.75 GFLOP per ADM-32 call), which made MFU
@@ -63,6 +66,8 @@ from jtaba.model import Model, build
 from jtaba.precision import PRECISIONS
 
 
+# The custom call of cuDNN's fused (flash) attention in a compiled GPU HLO.
+CUDNN_ATTENTION = "__cudnn$fmha"
 # Dense peak TFLOP/s by device kind (substring of jax's device_kind, most specific first) and precision.
 PEAK_TFLOPS = {
     "H100 PCIe": {"bfloat16": 756.0, "tf32": 378.0, "float32": 51.0},
@@ -231,11 +236,13 @@ def bench_jax(model: Model, batch: int, steps: int, repeats: int, use_cache: boo
 
     seconds = median_seconds(once, repeats)
     device_peak = device_peak_bytes()
+    fused_attention = any(CUDNN_ATTENTION in c.as_text() for c in compiled)
     return {"images_per_s": batch / seconds, "seconds_per_batch": seconds, **compile_times,
             "network_calls_per_image": 2 * steps, "gflop_per_call_per_image": flops_call / batch / 1e9,
             "flop_per_batch": flops_call * 2 * steps,
             "peak_memory_gib": max(xla_peak_bytes(c) for c in compiled) / 2 ** 30,
-            "device_peak_memory_gib": None if device_peak is None else device_peak / 2 ** 30}
+            "device_peak_memory_gib": None if device_peak is None else device_peak / 2 ** 30,
+            "cudnn_attention": fused_attention}
 
 
 # ------------------------------------------------------------------------------------------------ PyTorch peer
