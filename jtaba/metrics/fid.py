@@ -12,7 +12,8 @@ generated one; results use torch-fidelity's keys.
   pytorch-fid's code path: ``scipy.linalg.sqrtm(σ1 @ σ2)``; if not finite, retry with eps·I added to both covariances
   (warning); a complex result whose diagonal has |imag| > 1e-3 raises ValueError, otherwise the real part is used.
   ``method="eigvals"`` is torch-fidelity's (master): tr sqrtm = Σ Re sqrt(complex eigvals(σ1 σ2)) (tiny negative
-  eigenvalues of a singular product contribute 0).
+  eigenvalues of a singular product contribute 0). ``fid_from_features(method="auto")`` takes tr sqrtm exactly from
+  an N1 x N2 SVD of the centred features when a set has fewer samples than dimensions (small-N analyses).
 - ``precision_recall``: torch-fidelity ``prc`` / the NVlabs reference: radius of a sample = distance to its k-th
   nearest neighbour in its own set (self excluded, k = 3); precision = fraction of fake samples within the radius of
   some real sample; recall = fraction of real samples within the radius of some fake sample; f_score = 2PR /
@@ -85,8 +86,31 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6, method: str
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
+def _fid_by_svd(features_1, features_2) -> float:
+    """The Fréchet distance of two (N, D) feature sets with tr sqrtm(S1 S2) from an N1 x N2 SVD: the non-zero
+    eigenvalues of S1 S2 (S = Xcᵀ Xc / (N − 1), Xc centred) are those of M Mᵀ / c, M = Xc1 Xc2ᵀ,
+    c = (N1 − 1)(N2 − 1), so tr sqrtm(S1 S2) = ||M||_* / sqrt(c). Exact; cheap when N < D."""
+    a, b = _features(features_1, "features_1").astype(np.float64), _features(features_2, "features_2").astype(
+        np.float64)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("need at least 2 samples for a covariance")
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    tr_sqrt = np.linalg.svd(ac @ bc.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + (ac * ac).sum() / (len(a) - 1) + (bc * bc).sum() / (len(b) - 1) - 2 * tr_sqrt)
+
+
 def fid_from_features(features_1, features_2, *, eps: float = 1e-6, method: str = "sqrtm") -> float:
-    """Fréchet distance between the Gaussian fits of two (N, D) feature sets."""
+    """Fréchet distance between the Gaussian fits of two (N, D) feature sets. ``method``: "sqrtm" / "eigvals" (see
+    the module docstring), or "auto": the exact N1 x N2 SVD route when either set has fewer samples than dimensions
+    (a 2048 x 2048 sqrtm takes tens of seconds and its covariance is singular there anyway), else "eigvals"."""
+    if method == "auto":
+        n = min(len(features_1), len(features_2))
+        if n < np.shape(features_1)[-1]:
+            return _fid_by_svd(features_1, features_2)
+        method = "eigvals"
     mu1, s1 = feature_statistics(features_1)
     mu2, s2 = feature_statistics(features_2)
     return frechet_distance(mu1, s1, mu2, s2, eps=eps, method=method)
