@@ -75,13 +75,6 @@ def build_parser():
 
 
 # ---- the training run ----------------------------------------------------------------------------------------
-def saved_steps(run_dir: str) -> list[int]:
-    """Steps with a complete checkpoint in a jtaba training run folder, ascending."""
-    from jtaba.train.export import saved_steps as steps
-
-    return steps(run_dir)
-
-
 # ---- statistics ----------------------------------------------------------------------------------------------
 def checkpoint_stats(noise, samples, latents, samples2=None) -> dict:
     """One table row's statistics from (N, C, H, W) arrays: vertex angles (degrees, acos of the mean cosine),
@@ -119,12 +112,11 @@ class Experiment:
 
     def run(self, step: int, part: str):
         """The ``part`` run of checkpoint ``step``'s EMA parameters (computed, resumed or reused)."""
-        from jtaba.runs import RunSettings, Workspace, open_run
-        from jtaba.train.export import ema_model
+        from jtaba.runs import RunSettings, open_run
+        from jtaba.train.export import checkpoint_workspace
 
         a = self.args
-        model, _ = ema_model(a.run, step)
-        ws = Workspace(model, os.path.join(self.name, f"step{step:09d}"), a.runs_dir)
+        ws = checkpoint_workspace(a.run, step, a.runs_dir)
         settings = RunSettings(n=a.n, steps=a.steps, seed=a.seed, batch=a.batch, precision=a.precision)
         if part == "g1":
             final = open_run(io.read_json(self.row_path("g2", self.final))["run"])
@@ -202,18 +194,12 @@ def write_outputs(exp: Experiment, settings: dict, figures: bool = True) -> dict
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from jtaba.train.save_schedule import parse_save_schedule
+    from jtaba.train.export import analysed_steps
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not parts or any(p not in PARTS for p in parts):
         raise SystemExit(f"--parts must list some of {', '.join(PARTS)}, got {args.parts!r}")
-    steps = saved_steps(args.run)
-    if not steps:
-        raise SystemExit(f"--run={args.run}: no saved checkpoints")
-    final = steps[-1] if args.final is None else args.final
-    if final not in steps:
-        raise SystemExit(f"--final={final} is not a saved step of {args.run} (saved: {steps})")
-    chosen = steps if args.select is None else [s for s in steps if parse_save_schedule(args.select)(s)]
+    final, chosen = analysed_steps(args.run, args.select, args.final)
     run_name = os.path.basename(os.path.normpath(args.run))
     name = f"T{args.steps}_n{args.n}_seed{args.seed}" + ("" if args.precision == "float32" else f"_{args.precision}")
     out = os.path.abspath(args.out or os.path.join(args.runs_dir, run_name, "training_dynamics", name))

@@ -13,15 +13,23 @@ import pytest
 
 import jtaba
 from experiments import training_dynamics as td
-from jtaba.checkpoint import save_checkpoint
 from jtaba import sharding
+from jtaba.checkpoint import save_checkpoint
 from jtaba.model import replicate
 from jtaba.noise import noise_for_indices
+from jtaba.train.export import saved_steps
 from jtaba.train.presets import TrainConfig, freeze_flags
 from jtaba.train.run_checkpoints import RunCheckpoints, write_run_config
 from jtaba.train.state import TrainState, make_optimizer
-from tests.test_exp_triangles import (BATCH, SHAPE, STEPS, TINY_FLAGS, oracle_vertex_cosines, tiny_config_dict,
-                                      tiny_params)
+from tests.test_exp_triangles import (
+    BATCH,
+    SHAPE,
+    STEPS,
+    TINY_FLAGS,
+    oracle_vertex_cosines,
+    tiny_config_dict,
+    tiny_params,
+)
 
 N = 16
 SAVED = (0, 10)
@@ -74,7 +82,7 @@ def load_run(d):
 def test_training_dynamics_end_to_end(tmp_path):
     run = tmp_path / "train_run"
     emas = make_fake_run(run)
-    assert td.saved_steps(str(run)) == list(SAVED)
+    assert saved_steps(str(run)) == list(SAVED)
 
     argv = ["--run", str(run), "--n", str(N), "--steps", str(STEPS), "--batch", str(BATCH),
             "--out", str(tmp_path / "td"), "--runs-dir", str(tmp_path / "runs")]

@@ -5,7 +5,9 @@
 The checkpoint has family "adm", ``model`` = ``adm.Config.from_flags(flags)``, ``diffusion`` =
 ``DiffusionConfig.from_adm_flags(flags)``; ``extras`` records the flags, the training config and the step.
 In memory, without writing anything: ``model, step = ema_model(RUN_DIR)``; ``saved_steps(RUN_DIR)`` lists the
-checkpoints.
+checkpoints; ``analysed_steps`` picks the checkpoints an analysis covers and ``checkpoint_workspace`` holds the
+sample / invert runs of one checkpoint (shared by ``experiments.training_dynamics`` and ``experiments.alignment``,
+so each reuses the other's runs).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from jtaba.train.__main__ import rename_deprecated_flags
 from jtaba.train.loop import abstract_state
 from jtaba.train.run_checkpoints import RunCheckpoints, require_run_config, saved_steps
 
-__all__ = ["ema_model", "export_ema", "model_config_dict", "sample_grid", "saved_steps"]
+__all__ = ["analysed_steps", "checkpoint_workspace", "ema_model", "export_ema", "model_config_dict", "sample_grid",
+           "saved_steps"]
 
 
 def model_config_dict(flags: dict, extras: dict) -> dict:
@@ -54,6 +57,32 @@ def ema_model(run_dir: str, step: int | None = None) -> tuple[Model, int]:
     d = model_config_dict(cfg.flags_dict, extras)
     config, network = build(d["family"], d["model"])
     return Model(d["family"], config, network, params, DiffusionConfig.from_dict(d["diffusion"]), extras=extras), step
+
+
+def analysed_steps(run_dir: str, select: str | None = None, final: int | None = None) -> tuple[int, list[int]]:
+    """(final step, the saved steps matching the ``select`` schedule (``jtaba.train.save_schedule`` syntax; None:
+    all)) of a training run; ``final`` defaults to the last saved step. ValueError for a run without checkpoints or a
+    ``final`` that was not saved."""
+    from jtaba.train.save_schedule import parse_save_schedule
+
+    steps = saved_steps(run_dir)
+    if not steps:
+        raise ValueError(f"--run={run_dir}: no saved checkpoints")
+    final = steps[-1] if final is None else final
+    if final not in steps:
+        raise ValueError(f"--final={final} is not a saved step of {run_dir} (saved: {steps})")
+    chosen = None if select is None else parse_save_schedule(select)
+    return final, [s for s in steps if chosen is None or chosen(s)]
+
+
+def checkpoint_workspace(run_dir: str, step: int, runs_dir: str):
+    """The ``jtaba.runs.Workspace`` of checkpoint ``step``'s EMA model: runs under
+    ``<runs_dir>/<run name>/step<step:09d>/``."""
+    from jtaba.runs import Workspace
+
+    model, _ = ema_model(run_dir, step)
+    name = os.path.basename(os.path.normpath(run_dir))
+    return Workspace(model, os.path.join(name, f"step{step:09d}"), runs_dir)
 
 
 def export_ema(run_dir: str, out_dir: str, step: int | None = None) -> int:
