@@ -95,19 +95,6 @@ class Options(StandardOptions):
     clip_prompts: str | None = None  # the CLIP prompt set; None: "class_names" or the prompt file's stem
 
 
-def parse_steps(text: str, flag: str) -> tuple:
-    """"5,1,2" -> (1, 2, 5): positive ints, sorted, duplicates dropped; "" or "none" -> ()."""
-    if str(text).strip().lower() in ("", "none"):
-        return ()
-    try:
-        ks = sorted({int(k) for k in str(text).split(",") if k.strip()})
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers (or 'none'), got {text!r}") from None
-    if ks and ks[0] < 1:
-        raise ValueError(f"{flag} needs positive step counts (K = 0 is the latents column), got {text!r}")
-    return tuple(ks)
-
-
 def build_parser():
     p = cli.parser("python -m experiments.diversity", __doc__)
     cli.add_analysis_flags(p, Options, n_help="number of samples N, a multiple of --noises-per-cond (the paper: 512 "
@@ -146,8 +133,8 @@ def options_from_args(args) -> Options:
     opts = Options(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, precision=args.precision,
                    source_cond_seed=args.source_cond_seed, target_cond_seed=args.target_cond_seed,
                    noises_per_cond=args.noises_per_cond,
-                   swap_steps=parse_steps(args.swap_steps, "--swap-steps"),
-                   forward_steps=parse_steps(args.forward_steps, "--forward-steps"), forward_seed=args.forward_seed,
+                   swap_steps=cli.parse_step_counts(args.swap_steps, "--swap-steps", allow_none=True),
+                   forward_steps=cli.parse_step_counts(args.forward_steps, "--forward-steps", allow_none=True), forward_seed=args.forward_seed,
                    forward_level=args.forward_level, prompts=os.path.abspath(prompts), clip_prompts=args.clip_prompts)
     check_options(opts)
     return opts

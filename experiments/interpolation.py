@@ -86,19 +86,6 @@ class Options(StandardOptions):
     pairs: int = 2
 
 
-def parse_forward_before(text: str) -> tuple:
-    """"2" / "1,2,3" -> sorted distinct positive ints; "" or "none" -> () (no forward-replaced source)."""
-    if str(text).strip().lower() in ("", "none"):
-        return ()
-    try:
-        ks = sorted({int(k) for k in str(text).split(",") if k.strip()})
-    except ValueError:
-        raise ValueError(f"--forward-before must be comma-separated integers or 'none', got {text!r}") from None
-    if ks[0] < 1:
-        raise ValueError(f"--forward-before needs positive step counts (K = 0 is the 'latents' source), got {text!r}")
-    return tuple(ks)
-
-
 def build_parser():
     p = cli.parser("python -m experiments.interpolation", __doc__)
     cli.add_analysis_flags(p, Options,
@@ -132,7 +119,7 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
-    ks = parse_forward_before(args.forward_before)
+    ks = cli.parse_step_counts(args.forward_before, "--forward-before", allow_none=True)
     if args.n <= PR_K:
         raise ValueError(f"--n must be above {PR_K} (precision / recall use the {PR_K}rd nearest neighbour)")
     if args.alphas < 2:

@@ -11,8 +11,13 @@ Writes into --out: report.md (every table, with the paper reference, and the fig
 with its JSON, CSV and PNG files, and report.json (settings, timings, result paths). Rerunning reuses every
 finished run.
 
-Not in this report: App. G (training dynamics, needs a training run: ``python -m experiments.training_dynamics
---run=DIR``) and the analyses that need perception metrics (interpolation FID, editing diversity, alignment).
+An analysis that cannot run on the model (editing diversity needs a class- or text-conditional model) is listed as
+skipped with the reason; metrics whose perception network is not converted yet (FID / precision / recall, LPIPS,
+DreamSim, DINO, CLIP) are listed as skipped inside their analysis's section with the convert command, and the rest
+of that analysis runs.
+
+Not in this report: App. G (training dynamics and feature alignment need a training run: ``python -m
+experiments.training_dynamics --run=DIR``, ``python -m experiments.alignment --run=DIR``).
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ ANALYSES = (
     ("swap", "Tab. 9 and the forward fix (§3.13)", OWN_SIZES),
     ("approximation_error", "Fig. 4, Tab. 6, App. D (§3.8)", ("steps", *OWN_SIZES)),
     ("trajectories", "Fig. 3 (§3.5)", ("steps", *OWN_SIZES)),
+    ("interpolation", "Fig. 5, Tab. 12 (§3.9)", OWN_SIZES),
+    ("diversity", "Fig. 6-7, Tab. 7, Tab. 13 (§3.10)", ("steps", *OWN_SIZES)),
 )
 NAMES = tuple(name for name, _, _ in ANALYSES)
 
@@ -92,6 +99,12 @@ def main(argv: list[str] | None = None) -> str:
         module = importlib.import_module(f"experiments.{name}")
         opts = options_for(name, module, args, takes)
         print(f"[{i + 1}/{len(names)}] {name} ({ref})", flush=True)
+        reason = module.unavailable(ws, opts) if hasattr(module, "unavailable") else None
+        if reason:
+            print(f"  skipped: {reason}", flush=True)
+            summary["analyses"][name] = {"reference": ref, "skipped": reason}
+            sections.append(f"## {name} ({ref})\n\nSkipped:\n\n```\n{reason}\n```\n")
+            continue
         start = time.time()
         result = module.compute(ws, opts)
         folder = os.path.join(out, name)
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> str:
               ".\n")
     with io.atomic_path(os.path.join(out, "report.md")) as tmp, open(tmp, "w") as f:
         f.write("\n".join([header, *sections]))
-    total = sum(a["seconds"] for a in summary["analyses"].values())
+    total = sum(a.get("seconds", 0) for a in summary["analyses"].values())
     print(f"wrote {out}/report.md ({len(names)} analyses, {total / 60:.1f} min)")
     return out
 

@@ -66,17 +66,6 @@ class Options(StandardOptions):
     forward_seed: int = 42
 
 
-def parse_k_list(text: str) -> tuple:
-    """"1,2,3,5,10" -> (1, 2, 3, 5, 10): positive ints, sorted, duplicates dropped."""
-    try:
-        ks = sorted({int(k) for k in str(text).split(",") if k.strip()})
-    except ValueError:
-        raise ValueError(f"--k-list must be comma-separated integers, got {text!r}") from None
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--k-list needs positive step counts (K = 0, plain DDIM, is always included), got {text!r}")
-    return tuple(ks)
-
-
 def build_parser():
     p = cli.parser("python -m experiments.swap", __doc__)
     cli.add_analysis_flags(p, Options,
@@ -94,7 +83,7 @@ def build_parser():
 
 def options_from_args(args) -> Options:
     return Options(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, precision=args.precision,
-                   k_list=parse_k_list(args.k_list), forward_seed=args.forward_seed)
+                   k_list=cli.parse_step_counts(args.k_list, "--k-list"), forward_seed=args.forward_seed)
 
 
 def out_parts(opts: Options) -> tuple:

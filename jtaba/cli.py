@@ -175,6 +175,22 @@ def run_settings(args: argparse.Namespace, **overrides):
     return RunSettings(**{**base, **overrides})
 
 
+def parse_step_counts(text: str, flag: str, *, allow_none: bool = False) -> tuple:
+    """A K-list flag: "5, 1,2" -> (1, 2, 5) (positive ints, sorted, duplicates dropped); with ``allow_none``,
+    "" or "none" -> (). ValueError naming ``flag`` otherwise (K = 0, plain DDIM, is never listed: the analyses
+    always include it)."""
+    if allow_none and str(text).strip().lower() in ("", "none"):
+        return ()
+    try:
+        ks = sorted({int(k) for k in str(text).split(",") if k.strip()})
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers{' or none' if allow_none else ''}, got "
+                         f"{text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"{flag} needs positive step counts (K = 0, plain DDIM, is always included), got {text!r}")
+    return tuple(ks)
+
+
 def changed_parts(opts, named) -> list[str]:
     """Out-folder name parts ``fmt.format(value)`` for the options in ``named`` ((field, fmt), ...) whose value
     differs from the options class's default."""

@@ -217,10 +217,6 @@ def test_upstream_slerp_rows():
 def test_options_and_out_folder(tmp_path):
     from jtaba import cli
 
-    assert ip.parse_forward_before("3, 1,3") == (1, 3) and ip.parse_forward_before("none") == ()
-    for bad in ("0", "a"):
-        with pytest.raises(ValueError):
-            ip.parse_forward_before(bad)
     parser = ip.build_parser()
     opts = ip.options_from_args(parser.parse_args([]))
     assert opts == ip.Options() and ip.out_parts(opts) == ()

@@ -191,10 +191,13 @@ def test_swap_end_to_end(tmp_path):
 
 
 def test_parse_k_list():
-    assert swap.parse_k_list("10, 2,2,1") == (1, 2, 10)
-    for bad in ("0,1", "a", ""):
-        with pytest.raises(ValueError):
-            swap.parse_k_list(bad)
+    from jtaba.cli import parse_step_counts
+
+    assert parse_step_counts("10, 2,2,1", "--k-list") == (1, 2, 10)
+    assert parse_step_counts("none", "--x", allow_none=True) == () == parse_step_counts("", "--x", allow_none=True)
+    for bad in ("0,1", "a", "", "none"):
+        with pytest.raises(ValueError, match="--k-list"):
+            parse_step_counts(bad, "--k-list")
     opts = swap.options_from_args(swap.build_parser().parse_args(["--k-list", "5,3"]))
     assert opts.k_list == (3, 5) and opts.n == swap.Options.n and opts.forward_seed == 42
 
