@@ -354,6 +354,8 @@ def bench_torch(model: Model, batch: int, steps: int, precision: str, repeats: i
     if model.family not in runners:
         return {"error": f"no PyTorch peer for the {model.family} family"}
     try:
+        import convert.common  # noqa: F401  (an installed torchvision importable before diffusers imports it)
+
         return runners[model.family](model, batch, steps, precision, repeats)
     except ImportError as e:
         need = "guided-diffusion-sdk (pip install --no-deps)" if model.family == "adm" else "torch and diffusers"
