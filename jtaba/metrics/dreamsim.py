@@ -175,11 +175,6 @@ def distance(config: Config, params: Any, img0: jax.Array, img1: jax.Array, inpu
 
 def load(name_or_path: str, dtype: Any = None) -> tuple[Config, Any]:
     """(Config, params) of a converted checkpoint (``convert/dreamsim.py``): a folder or a model-home name."""
-    from jtaba.checkpoint import load_params, read_config
-    from jtaba.home import resolve
+    from jtaba.metrics.networks import read_checkpoint
 
-    directory = resolve(name_or_path).path
-    cfg = read_config(directory)
-    if cfg.get("family") != FAMILY:
-        raise ValueError(f"{directory}: family {cfg.get('family')!r} is not a DreamSim checkpoint ({FAMILY!r})")
-    return Config.from_dict(cfg["model"]), load_params(directory, dtype=dtype)
+    return read_checkpoint(name_or_path, FAMILY, Config, dtype)

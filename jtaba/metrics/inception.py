@@ -335,12 +335,6 @@ def features(config: Config, params: Any, images: jax.Array, input_range: str = 
 def load(name_or_path: str, dtype: Any = None) -> tuple[Config, Any]:
     """(Config, params) of a converted FID Inception checkpoint (``convert/inception.py``): a folder or a name in
     the jtaba model home (e.g. ``inception_fid``)."""
-    from jtaba.checkpoint import load_params, read_config
-    from jtaba.home import resolve
+    from jtaba.metrics.networks import read_checkpoint
 
-    directory = resolve(name_or_path).path
-    cfg = read_config(directory)
-    if cfg.get("family") != FAMILY:
-        raise ValueError(f"{directory}: family {cfg.get('family')!r} is not an FID Inception checkpoint "
-                         f"({FAMILY!r})")
-    return Config.from_dict(cfg["model"]), load_params(directory, dtype=dtype)
+    return read_checkpoint(name_or_path, FAMILY, Config, dtype)

@@ -80,6 +80,18 @@ def missing_message(absent: dict[str, str], what: str) -> str:
     return "\n".join(lines)
 
 
+def read_checkpoint(name_or_path: str, family: str, config_class, dtype: Any = None) -> tuple[Any, Any]:
+    """(``config_class`` config, params) of a converted checkpoint of ``family``: a folder or a model-home name;
+    ValueError naming the folder when it holds another family. Each network module's ``load`` is this."""
+    from jtaba.checkpoint import load_params, read_config
+
+    directory = home.resolve(name_or_path).path
+    cfg = read_config(directory)
+    if cfg.get("family") != family:
+        raise ValueError(f"{directory}: family {cfg.get('family')!r} is not a {family!r} checkpoint")
+    return config_class.from_dict(cfg["model"]), load_params(directory, dtype=dtype)
+
+
 def load(role: str, name: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
     """(config, params) of the role's checkpoint; ``MissingNetwork`` naming the convert command if absent."""
     _check_role(role)
