@@ -134,8 +134,9 @@ def options_from_args(args) -> Options:
                    source_cond_seed=args.source_cond_seed, target_cond_seed=args.target_cond_seed,
                    noises_per_cond=args.noises_per_cond,
                    swap_steps=cli.parse_step_counts(args.swap_steps, "--swap-steps", allow_none=True),
-                   forward_steps=cli.parse_step_counts(args.forward_steps, "--forward-steps", allow_none=True), forward_seed=args.forward_seed,
-                   forward_level=args.forward_level, prompts=os.path.abspath(prompts), clip_prompts=args.clip_prompts)
+                   forward_steps=cli.parse_step_counts(args.forward_steps, "--forward-steps", allow_none=True),
+                   forward_seed=args.forward_seed, forward_level=args.forward_level,
+                   prompts=os.path.abspath(prompts), clip_prompts=args.clip_prompts)
     check_options(opts)
     return opts
 
@@ -147,8 +148,8 @@ def check_options(opts: Options) -> None:
 
 def out_parts(opts: Options) -> list:
     """The analysis settings in the default output folder name (beyond T, N, seed, precision)."""
-    ks = lambda v: "-".join(map(str, v)) or "none"
-    parts = [f"S{ks(opts.swap_steps)}", f"F{ks(opts.forward_steps)}"]
+    parts = [f"{flag}{'-'.join(map(str, ks)) or 'none'}" for flag, ks in (("S", opts.swap_steps),
+                                                                           ("F", opts.forward_steps))]
     parts += cli.changed_parts(opts, (("source_cond_seed", "src{}"), ("target_cond_seed", "tgt{}"),
                                       ("noises_per_cond", "x{}"), ("forward_seed", "fseed{}"),
                                       ("forward_level", "{}"), ("clip_prompts", "clip-{}")))

@@ -7,6 +7,7 @@ fixed (LPIPS AlexNet, FID Inception), full size with random weights.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import jax
@@ -20,8 +21,8 @@ TINY_VIT = dict(image_size=224, patch_size=56, hidden_size=32, num_layers=2, num
 def random_params(shapes, seed: int, gain: float = 1.0):
     """Random params with the structure of ``shapes`` (a pytree of shape structs, e.g. from ``jax.eval_shape`` of an
     init) drawn in numpy: fan-in scaled normal matrices (times ``gain``: sqrt(2) keeps a deep ReLU net's activations
-    alive), norm scales and running variances near 1, other vectors near 0. Instant, where an
-    eager init takes seconds, and without an init's zero output layers."""
+    alive), norm scales and running variances near 1, other vectors near 0. Instant, where an eager init takes
+    seconds, and without an init's zero output layers."""
     rng = np.random.default_rng(seed)
 
     def fill(path, s):
@@ -33,50 +34,24 @@ def random_params(shapes, seed: int, gain: float = 1.0):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _random_init(init_params, config, seed, gain: float = 1.0):
-    return random_params(jax.eval_shape(lambda: init_params(config, seed)), seed, gain)
-
-
-def _lpips(seed):
-    from jtaba.metrics import lpips as L
-
-    config = L.Config(net="alex")
-    return {"family": L.FAMILY, "model": config.to_dict(), "diffusion": None}, _random_init(L.init_params, config, seed)
-
-
-def _dino(seed):
-    from jtaba.metrics import dino as D
-
-    config = D.Config(**TINY_VIT)
-    return {"family": D.FAMILY, "model": config.to_dict(), "diffusion": None}, _random_init(D.init_params, config, seed)
-
-
-def _clip(seed):
+def _tiny_clip_config():
     from jtaba.metrics import clip as C
     from jtaba.metrics import vit_features as V
 
-    config = C.Config(V.VisionConfig(kind="clip", layer_norm_eps=1e-5, hidden_act="quick_gelu", projection_dim=24,
-                                     **TINY_VIT),
-                      V.TextConfig(vocab_size=60, max_position_embeddings=16, hidden_size=32, num_layers=2,
-                                   num_heads=4, intermediate_size=48, projection_dim=24))
-    return {"family": C.FAMILY, "model": config.to_dict(), "diffusion": None}, _random_init(C.init_params, config, seed)
+    return C.Config(V.VisionConfig(kind="clip", layer_norm_eps=1e-5, hidden_act="quick_gelu", projection_dim=24,
+                                   **TINY_VIT),
+                    V.TextConfig(vocab_size=60, max_position_embeddings=16, hidden_size=32, num_layers=2, num_heads=4,
+                                 intermediate_size=48, projection_dim=24))
 
 
-def _inception(seed):
-    from jtaba.metrics import inception as I
-
-    config = I.Config()
-    return {"family": I.FAMILY, "model": config.to_dict(), "diffusion": None}, _random_init(I.init_params, config, seed, np.sqrt(2))
-
-
-def _dreamsim(seed):
-    from jtaba.metrics import dreamsim as S
-
-    config = S.tiny_config()
-    return {"family": S.FAMILY, "model": config.to_dict(), "diffusion": None}, _random_init(S.init_params, config, seed)
-
-
-MAKERS = {"lpips": _lpips, "dino": _dino, "clip": _clip, "inception": _inception, "dreamsim": _dreamsim}
+# role -> (module, its config for tests, the kernels' gain: sqrt(2) for Inception's 94 ReLU convolutions)
+TINY = {
+    "lpips": ("jtaba.metrics.lpips", lambda m: m.Config(net="alex"), 1.0),
+    "dino": ("jtaba.metrics.dino", lambda m: m.Config(**TINY_VIT), 1.0),
+    "clip": ("jtaba.metrics.clip", lambda m: _tiny_clip_config(), 1.0),
+    "inception": ("jtaba.metrics.inception", lambda m: m.Config(), np.sqrt(2)),
+    "dreamsim": ("jtaba.metrics.dreamsim", lambda m: m.tiny_config(), 1.0),
+}
 
 
 def write_tiny_networks(models_dir, roles=("lpips", "dino", "clip"), seed: int = 0) -> dict[str, str]:
@@ -85,9 +60,13 @@ def write_tiny_networks(models_dir, roles=("lpips", "dino", "clip"), seed: int =
 
     out = {}
     for i, role in enumerate(roles):
-        config, params = MAKERS[role](seed + i)
+        name, make_config, gain = TINY[role]
+        module = importlib.import_module(name)
+        config = make_config(module)
+        shapes = jax.eval_shape(lambda: module.init_params(config, seed + i))
         out[role] = os.path.join(str(models_dir), default_name(role))
-        save_checkpoint(out[role], config, params)
+        save_checkpoint(out[role], {"family": module.FAMILY, "model": config.to_dict(), "diffusion": None},
+                        random_params(shapes, seed + i, gain))
     return out
 
 
