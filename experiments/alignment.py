@@ -49,6 +49,7 @@ import numpy as np
 from jtaba import cli, io, plotting
 from jtaba.precision import PRECISIONS
 from jtaba.runs import StandardOptions
+from jtaba.train.export import run_name
 
 ROWS_DIR = "rows"
 SETTINGS = "settings.json"
@@ -75,6 +76,16 @@ class Options(StandardOptions):
     final: int | None = None
     knn_k: int = 50
     runs_dir: str = "runs"
+
+    def __post_init__(self):
+        if self.n < SVCCA_COMPONENTS + 1:
+            raise ValueError(f"--n must be at least {SVCCA_COMPONENTS + 1} (SVCCA keeps {SVCCA_COMPONENTS} "
+                             "directions)")
+        if self.knn_k < 1:
+            raise ValueError(f"--knn-k must be positive, got {self.knn_k}")
+        names = [run_name(r) for r in self.runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the --run folders need distinct names (their rows and runs are kept by name): {names}")
 
 
 def build_parser():
@@ -114,21 +125,9 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
-    if args.n < SVCCA_COMPONENTS + 1:
-        raise ValueError(f"--n must be at least {SVCCA_COMPONENTS + 1} (SVCCA keeps {SVCCA_COMPONENTS} directions)")
-    if args.knn_k < 1:
-        raise ValueError(f"--knn-k must be positive, got {args.knn_k}")
-    names = [run_name(r) for r in args.runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the --run folders need distinct names (their rows and runs are kept by name): {names}")
     return dataclasses.replace(cli.options_from_args(Options, args), runs=tuple(args.runs))
 
 
-def run_name(run_dir: str) -> str:
-    return os.path.basename(os.path.normpath(run_dir))
-
-
-# ---- features and comparisons --------------------------------------------------------------------------------
 def upstream_uint8(samples) -> np.ndarray:
     """(N, C, H, W) uint8 images as upstream's ``tensors_to_pils`` makes them: whole-batch min-max in float32, then
     torchvision ``ToPILImage`` (``x.mul(255).byte()``: truncation)."""

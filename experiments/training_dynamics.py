@@ -23,12 +23,15 @@ an interrupted checkpoint continues its sampling where it stopped. Several invoc
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 
 from jtaba import cli, io, plotting
 from jtaba.precision import PRECISIONS
+from jtaba.runs import StandardOptions
+from jtaba.train.export import run_name
 
 PARTS = ("g2", "g1")
 ROWS_DIR = "rows"
@@ -37,35 +40,53 @@ ANGLE_KEYS = {"angle_image": "mean_cossim_img", "angle_noise": "mean_cossim_nois
               "angle_latent": "mean_cossim_latent"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Options(StandardOptions):
+    """The standard-run fields take the upstream App. G values; ``run`` the training run folder, ``select`` a
+    save-schedule spec (None: every saved step), ``final`` the step whose samples G.1 inverts (None: the last saved),
+    ``parts`` the parts to compute in order, ``discard_runs`` delete a checkpoint's run files once its rows exist."""
+    n: int = 2048
+    steps: int = 100
+    seed: int = 420
+    batch: int = 128
+    run: str = ""
+    select: str | None = None
+    final: int | None = None
+    parts: tuple = PARTS
+    runs_dir: str = "runs"
+    discard_runs: bool = False
+
+
 def build_parser():
     p = cli.parser("python -m experiments.training_dynamics", __doc__)
+    d = Options()
     p.add_argument("--run", required=True, metavar="DIR",
                    help="training run directory of `python -m jtaba.train` (run.json and one checkpoint per saved "
                         "step); the EMA parameters of each checkpoint are analysed")
-    p.add_argument("--n", type=int, default=2048,
+    p.add_argument("--n", type=int, default=d.n,
                    help="number of noises / samples N (upstream 2048; on a 2-core CPU with the built-in model, "
                         "--n=256 --steps=20 takes one to two minutes per checkpoint)")
-    p.add_argument("--steps", type=int, default=100, help="DDIM steps T of sampling and inversion (upstream 100)")
-    p.add_argument("--batch", type=int, default=128,
+    p.add_argument("--steps", type=int, default=d.steps, help="DDIM steps T of sampling and inversion (upstream 100)")
+    p.add_argument("--batch", type=int, default=d.batch,
                    help="samples per batch over all devices (memory / speed only; results do not depend on it)")
-    p.add_argument("--seed", type=int, default=420,
+    p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the fixed noise set shared by all checkpoints (upstream generate_noises(2048, 420))")
     p.add_argument("--out", default=None,
-                   help="output directory (default runs/<run name>/training_dynamics/seed<S>_T<T>_n<N>); re-run "
-                        "to resume")
+                   help="output directory (default <runs-dir>/<run name>/training_dynamics/T<T>_n<N>_seed<S>); "
+                        "re-run to resume")
     p.add_argument("--select", default=None, metavar="SPEC",
                    help="analyse only the saved steps matching this schedule, items joined by '+': every:N, "
                         "at:S1,S2,..., paper_cifar10, paper_imagenet64 (default: every saved step)")
     p.add_argument("--final", type=int, default=None, metavar="STEP",
                    help="the final model whose samples G.1 inverts (default: the last saved step)")
-    p.add_argument("--parts", default="g2,g1",
+    p.add_argument("--parts", default=",".join(d.parts),
                    help="comma-separated parts to compute: g2 (sample + invert with each checkpoint, Fig. 15) and "
                         "g1 (invert the final model's samples with each checkpoint, Fig. 14; also computes the "
                         "final checkpoint's g2 row, whose samples it inverts)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="float32: true fp32 (matmul precision highest); tf32: fast fp32 on GPUs; bfloat16: network "
                         "compute in bfloat16")
-    p.add_argument("--runs-dir", default="runs",
+    p.add_argument("--runs-dir", default=d.runs_dir,
                    help="where the sample / invert runs are stored (<runs-dir>/<training run>/step<step>/...) and "
                         "looked up for reuse")
     p.add_argument("--discard-runs", action="store_true",
@@ -74,7 +95,19 @@ def build_parser():
     return p
 
 
-# ---- the training run ----------------------------------------------------------------------------------------
+def options_from_args(args) -> Options:
+    """``Options`` from the flags; ValueError for a --parts that lists none or others of ``PARTS``."""
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if not parts or any(p not in PARTS for p in parts):
+        raise ValueError(f"--parts must list some of {', '.join(PARTS)}, got {args.parts!r}")
+    return dataclasses.replace(cli.options_from_args(Options, args), parts=parts)
+
+
+def default_out(opts: Options) -> str:
+    name = f"T{opts.steps}_n{opts.n}_seed{opts.seed}" + ("" if opts.precision == "float32" else f"_{opts.precision}")
+    return os.path.join(opts.runs_dir, run_name(opts.run), "training_dynamics", name)
+
+
 # ---- statistics ----------------------------------------------------------------------------------------------
 def checkpoint_stats(noise, samples, latents, samples2=None) -> dict:
     """One table row's statistics from (N, C, H, W) arrays: vertex angles (degrees, acos of the mean cosine),
@@ -94,54 +127,83 @@ def checkpoint_stats(noise, samples, latents, samples2=None) -> dict:
 
 
 # ---- the experiment ------------------------------------------------------------------------------------------
-class Experiment:
-    """Output folder layout and the per-checkpoint work (see the module docstring)."""
+def row_path(out: str, part: str, step: int) -> str:
+    return os.path.join(out, ROWS_DIR, part, f"{step:09d}.json")
 
-    def __init__(self, args, out: str, final: int):
-        self.args, self.out, self.final = args, out, final
-        self.name = os.path.basename(os.path.normpath(args.run))
 
-    def path(self, *parts) -> str:
-        return os.path.join(self.out, *parts)
+def has_row(out: str, part: str, step: int) -> bool:
+    return os.path.exists(row_path(out, part, step))
 
-    def row_path(self, part: str, step: int) -> str:
-        return self.path(ROWS_DIR, part, f"{step:09d}.json")
 
-    def has_row(self, part: str, step: int) -> bool:
-        return os.path.exists(self.row_path(part, step))
+def stored_rows(out: str, part: str) -> list[dict]:
+    """Every row of ``part`` kept in ``out`` (by this and earlier invocations), by step."""
+    d = os.path.join(out, ROWS_DIR, part)
+    if not os.path.isdir(d):
+        return []
+    rows = [io.read_json(os.path.join(d, name)) for name in sorted(os.listdir(d)) if name.endswith(".json")]
+    return sorted(rows, key=lambda r: r["step"])
 
-    def run(self, step: int, part: str):
-        """The ``part`` run of checkpoint ``step``'s EMA parameters (computed, resumed or reused)."""
-        from jtaba.runs import RunSettings, open_run
-        from jtaba.train.export import checkpoint_workspace
 
-        a = self.args
-        ws = checkpoint_workspace(a.run, step, a.runs_dir)
-        settings = RunSettings(n=a.n, steps=a.steps, seed=a.seed, batch=a.batch, precision=a.precision)
-        if part == "g1":
-            final = open_run(io.read_json(self.row_path("g2", self.final))["run"])
-            settings = settings.replace(samples=final["samples"], reconstruction=False)
-        return ws.run(settings)
+def checkpoint_run(opts: Options, out: str, final: int, part: str, step: int):
+    """The ``part`` run of checkpoint ``step``'s EMA parameters (computed, resumed or reused); G.1 inverts the
+    samples of the final checkpoint's G.2 run."""
+    from jtaba.runs import open_run
+    from jtaba.train.export import checkpoint_workspace
 
-    def compute_row(self, part: str, step: int) -> dict:
-        r = self.run(step, part)
-        samples2 = r["samples2"] if part == "g2" else None
-        row = {"step": step, **checkpoint_stats(r["noise"], r["samples"], r["latents"], samples2), "run": r.path}
-        io.write_json(self.row_path(part, step), row)
-        return row
+    ws = checkpoint_workspace(opts.run, step, opts.runs_dir)
+    settings = opts.run_settings()
+    if part == "g1":
+        final_run = open_run(io.read_json(row_path(out, "g2", final))["run"])
+        settings = settings.replace(samples=final_run["samples"], reconstruction=False)
+    return ws.run(settings)
 
-    def discard_runs(self, step: int) -> None:
-        """With --discard-runs, delete the run folders of a checkpoint whose rows are done (not the final G.2)."""
-        for part in PARTS:
-            if self.has_row(part, step) and not (part == "g2" and step == self.final):
-                shutil.rmtree(io.read_json(self.row_path(part, step))["run"], ignore_errors=True)
 
-    def rows(self, part: str) -> list[dict]:
-        d = self.path(ROWS_DIR, part)
-        if not os.path.isdir(d):
-            return []
-        rows = [io.read_json(os.path.join(d, name)) for name in sorted(os.listdir(d)) if name.endswith(".json")]
-        return sorted(rows, key=lambda r: r["step"])
+def compute_row(opts: Options, out: str, final: int, part: str, step: int) -> None:
+    """Compute the ``part`` row of checkpoint ``step`` and store it in ``out``."""
+    r = checkpoint_run(opts, out, final, part, step)
+    samples2 = r["samples2"] if part == "g2" else None
+    row = {"step": step, **checkpoint_stats(r["noise"], r["samples"], r["latents"], samples2), "run": r.path}
+    io.write_json(row_path(out, part, step), row)
+
+
+def discard_runs(out: str, final: int, step: int) -> None:
+    """Delete the run folders of a checkpoint whose rows are done (not the final checkpoint's G.2 run)."""
+    for part in PARTS:
+        if has_row(out, part, step) and not (part == "g2" and step == final):
+            shutil.rmtree(io.read_json(row_path(out, part, step))["run"], ignore_errors=True)
+
+
+def collected(out: str, settings: dict, final: int) -> dict:
+    """The result (what training_dynamics.json holds): settings, final step and every stored row per part."""
+    return {"settings": settings, "final_step": final, **{part: stored_rows(out, part) for part in PARTS}}
+
+
+def compute(opts: Options, out: str) -> dict:
+    """The rows of every selected checkpoint and part, computed or read back from ``out`` (the resume folder: one
+    JSON per row, a settings manifest that refuses other settings); after each checkpoint the tables so far are
+    written into ``out``. Returns ``{"settings", "final_step", "g2": rows, "g1": rows}`` with every row in ``out``
+    (earlier invocations with other --select / --parts included), by step."""
+    from jtaba.train.export import analysed_steps
+
+    final, chosen = analysed_steps(opts.run, opts.select, opts.final)
+    settings = {"run": os.path.abspath(opts.run), "n": opts.n, "steps": opts.steps, "seed": opts.seed,
+                "final": final, "precision": opts.precision}
+    io.claim_settings(os.path.join(out, SETTINGS), settings)
+    cli.warn_if_slow(opts.n * len(chosen), opts.steps, 3 + ("g1" in opts.parts), "training_dynamics")
+
+    if "g1" in opts.parts and not has_row(out, "g2", final):  # G.1 inverts the final model's samples
+        compute_row(opts, out, final, "g2", final)
+    for i, step in enumerate(chosen):
+        todo = [p for p in opts.parts if not has_row(out, p, step)]
+        if not todo:
+            continue
+        print(f"[{i + 1}/{len(chosen)}] checkpoint {step}: {', '.join(todo)}", flush=True)
+        for part in todo:
+            compute_row(opts, out, final, part, step)
+        if opts.discard_runs:
+            discard_runs(out, final, step)
+        write_outputs(collected(out, settings, final), out, figures=False)
+    return collected(out, settings, final)
 
 
 def plot_g2(rows: list[dict], path: str, head: str) -> str:
@@ -176,53 +238,59 @@ def plot_g1(rows: list[dict], path: str, head: str) -> str:
     return plotting.save(fig, path)
 
 
-def write_outputs(exp: Experiment, settings: dict, figures: bool = True) -> dict:
-    """training_dynamics.json, the CSV tables (without run paths) and (``figures``) the PNG figures."""
-    tables = {part: exp.rows(part) for part in PARTS}
-    io.write_json(exp.path("training_dynamics.json"), {"settings": settings, "final_step": exp.final, **tables})
-    head = f"{exp.name}, N = {settings['n']}, T = {settings['steps']}"
+TABLE_COLUMNS = (("∠ image", "angle_image", "{:.2f}"), ("∠ noise", "angle_noise", "{:.2f}"),
+                 ("∠ latent", "angle_latent", "{:.2f}"), ("L2 image-latent", "mean_l2_img_lat", "{:.4g}"),
+                 ("L2 image-noise", "mean_l2_img_noise", "{:.4g}"), ("L2 noise-latent", "mean_l2_noise_lat", "{:.4g}"),
+                 ("MSE image-reconstruction", "mean_mse_img_img2", "{:.4g}"),
+                 ("MAE noise-latent", "mae_noise_latent", "{:.4g}"),
+                 ("acc image→noise", "acc_img_to_noise", "{:.1%}"),
+                 ("acc noise→image", "acc_noise_to_img", "{:.1%}"),
+                 ("acc image→latent", "acc_img_to_latent", "{:.1%}"),
+                 ("acc latent→image", "acc_latent_to_img", "{:.1%}"))
+PART_TITLES = {"g2": "G.2 (Fig. 15): each checkpoint samples the fixed noise and inverts its samples",
+               "g1": "G.1 (Fig. 14): each checkpoint inverts the final checkpoint's samples"}
+
+
+def markdown(result: dict) -> str:
+    """The G.2 and G.1 tables (one row per checkpoint: vertex angles in degrees, mean L2 distances, errors,
+    assignment accuracies)."""
+    s = result["settings"]
+    lines = [f"Training run `{run_name(s['run'])}` (final step {result['final_step']}), EMA weights; N = {s['n']}, "
+             f"T = {s['steps']}, noise seed {s['seed']}, precision {s['precision']}."]
+    for part in PARTS:
+        rows = result[part]
+        if not rows:
+            continue
+        cols = [c for c in TABLE_COLUMNS if c[1] in rows[0]]
+        lines += ["", f"{PART_TITLES[part]}:", "", "| step | " + " | ".join(label for label, _, _ in cols) + " |",
+                  "|---" * (len(cols) + 1) + "|"]
+        lines += [f"| {r['step']} | " + " | ".join(fmt.format(r[key]) for _, key, fmt in cols) + " |"
+                  for r in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, out: str, figures: bool = True) -> None:
+    """training_dynamics.json (the result), the CSV tables (without run paths) and (``figures``) the PNG figures."""
+    io.write_json(os.path.join(out, "training_dynamics.json"), result)
+    s = result["settings"]
+    head = f"{run_name(s['run'])}, N = {s['n']}, T = {s['steps']}"
     for part, plot in (("g2", plot_g2), ("g1", plot_g1)):
-        if tables[part]:
-            io.write_csv(exp.path(f"training_dynamics_{part}.csv"),
-                         [{k: v for k, v in r.items() if k != "run"} for r in tables[part]])
+        if result[part]:
+            io.write_csv(os.path.join(out, f"training_dynamics_{part}.csv"),
+                         [{k: v for k, v in r.items() if k != "run"} for r in result[part]])
             if figures:
-                plot(tables[part], exp.path(f"{part}.png"), head)
-    return tables
+                plot(result[part], os.path.join(out, f"{part}.png"), head)
 
 
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     """Run the analysis; returns the output folder."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from jtaba.train.export import analysed_steps
-
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not parts or any(p not in PARTS for p in parts):
-        raise SystemExit(f"--parts must list some of {', '.join(PARTS)}, got {args.parts!r}")
-    final, chosen = analysed_steps(args.run, args.select, args.final)
-    run_name = os.path.basename(os.path.normpath(args.run))
-    name = f"T{args.steps}_n{args.n}_seed{args.seed}" + ("" if args.precision == "float32" else f"_{args.precision}")
-    out = os.path.abspath(args.out or os.path.join(args.runs_dir, run_name, "training_dynamics", name))
-    settings = {"run": os.path.abspath(args.run), "n": args.n, "steps": args.steps, "seed": args.seed,
-                "final": final, "precision": args.precision}
-    io.claim_settings(os.path.join(out, SETTINGS), settings)
-    exp = Experiment(args, out, final)
-    cli.warn_if_slow(args.n * len(chosen), args.steps, 3 + ("g1" in parts), "training_dynamics")
-
-    if "g1" in parts and not exp.has_row("g2", final):  # G.1 inverts the final model's samples
-        exp.compute_row("g2", final)
-    for i, step in enumerate(chosen):
-        todo = [p for p in parts if not exp.has_row(p, step)]
-        if not todo:
-            continue
-        print(f"[{i + 1}/{len(chosen)}] checkpoint {step}: {', '.join(todo)}", flush=True)
-        for part in todo:
-            exp.compute_row(part, step)
-        if args.discard_runs:
-            exp.discard_runs(step)
-        write_outputs(exp, settings, figures=False)
-    write_outputs(exp, settings)
-    print(f"wrote {exp.path('training_dynamics.json')} (+ CSV tables and PNG figures)")
+    opts = options_from_args(args)
+    out = os.path.abspath(args.out or default_out(opts))
+    result = compute(opts, out)
+    write_outputs(result, out)
+    print(f"wrote {os.path.join(out, 'training_dynamics.json')} (+ CSV tables and PNG figures)")
     return out
 
 

@@ -27,8 +27,8 @@ from jtaba.train.__main__ import rename_deprecated_flags
 from jtaba.train.loop import abstract_state
 from jtaba.train.run_checkpoints import RunCheckpoints, require_run_config, saved_steps
 
-__all__ = ["analysed_steps", "checkpoint_workspace", "ema_model", "export_ema", "model_config_dict", "sample_grid",
-           "saved_steps"]
+__all__ = ["analysed_steps", "checkpoint_workspace", "ema_model", "export_ema", "model_config_dict", "run_name",
+           "sample_grid", "saved_steps"]
 
 
 def model_config_dict(flags: dict, extras: dict) -> dict:
@@ -75,14 +75,18 @@ def analysed_steps(run_dir: str, select: str | None = None, final: int | None = 
     return final, [s for s in steps if chosen is None or chosen(s)]
 
 
+def run_name(run_dir: str) -> str:
+    """A training run's name: its folder's name (the runs and analysis rows of a run are kept under it)."""
+    return os.path.basename(os.path.normpath(run_dir))
+
+
 def checkpoint_workspace(run_dir: str, step: int, runs_dir: str):
     """The ``jtaba.runs.Workspace`` of checkpoint ``step``'s EMA model: runs under
     ``<runs_dir>/<run name>/step<step:09d>/``."""
     from jtaba.runs import Workspace
 
     model, _ = ema_model(run_dir, step)
-    name = os.path.basename(os.path.normpath(run_dir))
-    return Workspace(model, os.path.join(name, f"step{step:09d}"), runs_dir)
+    return Workspace(model, os.path.join(run_name(run_dir), f"step{step:09d}"), runs_dir)
 
 
 def export_ema(run_dir: str, out_dir: str, step: int | None = None) -> int:
