@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
@@ -237,8 +236,7 @@ def checkpoint_plan(opts: Options) -> dict[str, tuple[int, list[int]]]:
 
 
 def default_out(opts: Options) -> str:
-    name = f"T{opts.steps}_n{opts.n}_seed{opts.seed}" + ("" if opts.precision == "float32" else f"_{opts.precision}")
-    return os.path.join(opts.runs_dir, "+".join(run_name(r) for r in opts.runs), "alignment", name)
+    return os.path.join(opts.runs_dir, "+".join(run_name(r) for r in opts.runs), "alignment", cli.settings_name(opts))
 
 
 def row_path(out: str, name: str, step: int) -> str:
@@ -382,21 +380,10 @@ def write_outputs(result: dict, out: str) -> None:
                   for name, r in result["runs"].items() for row in r["rows"]])
     if result["aggregate"]:
         plot(result, os.path.join(out, "alignment.png"))
-    with open(os.path.join(out, "alignment.md"), "w") as f:
-        f.write(markdown(result) + "\n")
+    io.write_text(os.path.join(out, "alignment.md"), markdown(result) + "\n")
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    out = os.path.abspath(args.out or default_out(opts))
-    result = compute(opts, out)
-    write_outputs(result, out)
-    print(markdown(result))
-    print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
-    return out
+main = cli.training_analysis_main(__name__)
 
 
 if __name__ == "__main__":

@@ -269,9 +269,7 @@ def clip_prompt_command(ws, name: str, texts: list | None) -> str:
         return (f"{networks.convert_command('clip')} --prompts {name}.txt (one prompt per class id, in id order: "
                 f"this model has no class names)")
     path = os.path.abspath(os.path.join(ws.root, ws.tag, "diversity", f"{name}.txt"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with io.atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write("\n".join(texts) + "\n")
+    io.write_text(path, "\n".join(texts) + "\n")
     return f"{networks.convert_command('clip')} --prompts {path}"
 
 

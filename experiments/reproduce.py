@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> str:
     header = (f"# There and Back Again, reproduced on `{ws.tag}`\n\n"
               f"Standard run: N = {args.n}, T = {args.steps}, seed {args.seed}, precision {args.precision}."
               f"{training_line} Written by `{' '.join(['python -m experiments.reproduce', *argv])}`.\n")
-    with io.atomic_path(os.path.join(out, "report.md")) as tmp, open(tmp, "w") as f:
-        f.write("\n".join([header, *sections]))
+    io.write_text(os.path.join(out, "report.md"), "\n".join([header, *sections]))
     total = sum(a.get("seconds", 0) for a in summary["analyses"].values())
     print(f"wrote {out}/report.md ({len(names)} analyses, {total / 60:.1f} min)")
     return out

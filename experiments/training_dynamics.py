@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 
 from jtaba import cli, io, plotting
 from jtaba.precision import PRECISIONS
@@ -104,8 +103,7 @@ def options_from_args(args) -> Options:
 
 
 def default_out(opts: Options) -> str:
-    name = f"T{opts.steps}_n{opts.n}_seed{opts.seed}" + ("" if opts.precision == "float32" else f"_{opts.precision}")
-    return os.path.join(opts.runs_dir, run_name(opts.run), "training_dynamics", name)
+    return os.path.join(opts.runs_dir, run_name(opts.run), "training_dynamics", cli.settings_name(opts))
 
 
 # ---- statistics ----------------------------------------------------------------------------------------------
@@ -282,16 +280,7 @@ def write_outputs(result: dict, out: str, figures: bool = True) -> None:
                 plot(result[part], os.path.join(out, f"{part}.png"), head)
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> str:
-    """Run the analysis; returns the output folder."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = options_from_args(args)
-    out = os.path.abspath(args.out or default_out(opts))
-    result = compute(opts, out)
-    write_outputs(result, out)
-    print(f"wrote {os.path.join(out, 'training_dynamics.json')} (+ CSV tables and PNG figures)")
-    return out
+main = cli.training_analysis_main(__name__)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,27 @@ def run_analysis(module, argv=None) -> str:
     return out
 
 
+def training_analysis_main(module_name: str):
+    """The ``main(argv=None)`` of an analysis over training runs (``experiments.training_dynamics``,
+    ``experiments.alignment``): flags -> ``options_from_args`` -> ``compute(opts, out)`` (out: --out or
+    ``default_out(opts)``) -> ``write_outputs`` -> the markdown tables; one-line errors (``entry_point``)."""
+
+    @entry_point
+    def main(argv: list[str] | None = None) -> str:
+        """Run the analysis; returns the output folder."""
+        module = sys.modules[module_name]
+        args = module.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        opts = module.options_from_args(args)
+        out = os.path.abspath(args.out or module.default_out(opts))
+        result = module.compute(opts, out)
+        module.write_outputs(result, out)
+        print(module.markdown(result))
+        print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
+        return out
+
+    return main
+
+
 def workspace(args: argparse.Namespace):
     """The ``jtaba.runs.Workspace`` of ``--model`` / ``--ckpt``, ``--runs-dir`` and ``--no-reuse``."""
     from jtaba.runs import Workspace
@@ -202,10 +223,16 @@ def out_dir(args: argparse.Namespace, tag: str, analysis: str, *parts: str) -> s
     """``--out``, or ``<runs-dir>/<model>/<analysis>/T<T>_n<N>_seed<S>[_<parts>][_<precision>]``."""
     if args.out:
         return os.path.abspath(args.out)
-    name = [f"T{args.steps}", f"n{args.n}", f"seed{args.seed}", *parts]
-    if args.precision != "float32":
-        name.append(args.precision)
-    return os.path.abspath(os.path.join(args.runs_dir, tag, analysis, "_".join(name)))
+    return os.path.abspath(os.path.join(args.runs_dir, tag, analysis, settings_name(args, *parts)))
+
+
+def settings_name(settings, *parts: str) -> str:
+    """``T<T>_n<N>_seed<S>[_<parts>][_<precision>]`` of anything with steps / n / seed / precision (flags or
+    options): the folder name of an analysis's outputs."""
+    name = [f"T{settings.steps}", f"n{settings.n}", f"seed{settings.seed}", *parts]
+    if settings.precision != "float32":
+        name.append(settings.precision)
+    return "_".join(name)
 
 
 def add_distributed_flags(p: argparse.ArgumentParser) -> None:

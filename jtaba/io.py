@@ -55,6 +55,12 @@ def write_json(path: str, obj: Any, sort_keys: bool = False) -> str:
     return path
 
 
+def write_text(path: str, text: str) -> str:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+    return path
+
+
 def read_json(path: str) -> Any:
     """The JSON document in ``path``; ValueError naming the file when it is not valid JSON."""
     with open(path) as f:
