@@ -338,14 +338,16 @@ def plot(result: dict, path: str) -> str:
     fig, axes = plotting.new_figure(1, 3, size=(5.2, 4.6))
     title = plotting.run_title("G.3 image alignment with the final checkpoint (Fig. 16)", result["model"],
                                result["n"], result["steps"])
+    fig.suptitle(f"{title}\n{spread}{skipped}", fontsize=10)
     _band_panel(axes[0, 0], rows, [(*m, 1.0) for m in PAPER_METRICS], finals, "image alignment",
-                f"{title}\n{spread}{skipped}")
+                "CLIP-I, DINO, SVCCA, SSIM, CKA")
     _band_panel(axes[0, 1], rows, FEATURE_SERIES, finals, "CKA / SVCCA", "DINO / CLIP feature-space CKA, SVCCA")
+    inception = "" if "inception" in result["skipped"] else ", Inception pool3 cosine"
     _band_panel(axes[0, 2], rows, (("pixel kNN overlap / k", "knn", "darkred", 1 / k),
                                    ("DINO kNN overlap / k", "dino_knn", "#8E51F8", 1 / k),
                                    ("CLIP kNN overlap / k", "clip_knn", "lightseagreen", 1 / k),
                                    ("Inception cosine", "inception_cos_sim", "darkorange", 1.0)),
-                finals, "overlap fraction / cosine", f"mutual kNN (k = {k}), Inception pool3 cosine")
+                finals, "overlap fraction / cosine", f"mutual kNN (k = {k}){inception}")
     return plotting.save(fig, path)
 
 
