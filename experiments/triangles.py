@@ -1,4 +1,4 @@
-"""The most probable noise-sample-latent triangle (reference §3.4; paper Tab. 3, Tab. 10, Fig. 9).
+"""The most probable noise-sample-latent triangle (paper Sec. 3.3, App. B; Tab. 3, Tab. 10, Fig. 9).
 
     python -m experiments.triangles                        # the built-in default model, quick settings
     python -m experiments.triangles --model=adm32 --n=10240 --steps=100 --batch=256
@@ -16,15 +16,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
-
 from jtaba import cli, io, plotting
+from jtaba.analyses import triangles as analysis
 from jtaba.runs import StandardOptions
 
-VERTICES = ("image", "noise", "latent")  # paper column order (Tab. 3)
+VERTICES = analysis.VERTICES
 CALC_ANGLE_KEYS = {"image": "mean_cossim_img", "noise": "mean_cossim_noise", "latent": "mean_cossim_latent"}
 SIDES = {("noise", "latent"): "noise_lat", ("image", "latent"): "img_lat", ("image", "noise"): "img_noise"}
-RUN_FILES = ("noise", "samples", "latents")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,31 +34,6 @@ def build_parser():
     p = cli.parser("python -m experiments.triangles", __doc__)
     cli.add_analysis_flags(p, Options)
     return p
-
-
-def angle_table(noise, samples, latents) -> dict:
-    """Everything triangles.json holds about one set of (N, C, H, W) arrays: per-vertex histograms (178 bins of
-    1 degree, left edges 1..178), the most probable triangle (None when no triangle has a positive joint
-    probability, e.g. for very small N; the reason in ``most_probable_triangle_error``), the mean per-sample angle
-    per vertex, ``calc_angles`` and ``calc_distances``."""
-    from jtaba.metrics.triangles import (ANGLE_BIN_EDGES, angle_histogram, calc_angles, calc_distances,
-                                         find_max_prob_triangle, vertex_angles)
-
-    angle_l, angle_s, angle_n = vertex_angles(noise, samples, latents)
-    per_sample = {"latent": angle_l, "image": angle_s, "noise": angle_n}
-    out = {"most_probable_triangle": None, "histograms": None}
-    try:
-        hists = {k: angle_histogram(per_sample[k]) for k in ("latent", "image", "noise")}
-        out["histograms"] = {"bin_left_edges": ANGLE_BIN_EDGES[:-1].tolist(),
-                             **{k: hists[k].tolist() for k in VERTICES}}
-        (a, b, c), prob = find_max_prob_triangle(hists["latent"], hists["image"], hists["noise"])
-        out["most_probable_triangle"] = {"latent": a, "image": b, "noise": c, "probability": prob}
-    except ValueError as e:
-        out["most_probable_triangle_error"] = str(e)
-    out["mean_sample_angle"] = {k: float(np.nanmean(per_sample[k])) for k in VERTICES}
-    out["calc_angles"] = calc_angles(noise, samples, latents)
-    out["calc_distances"] = calc_distances(noise, samples, latents)
-    return out
 
 
 def csv_row(result: dict) -> dict:
@@ -124,7 +97,7 @@ def compute(ws, opts: Options) -> dict:
 
     run = ws.run(opts.run_settings())
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "run": run.path, **angle_table(*(run[k] for k in RUN_FILES))}
+            "run": run.path, **analysis.of_run(run).to_json()}
 
 
 def markdown(result: dict) -> str:
