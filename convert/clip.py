@@ -1,4 +1,4 @@
-"""Convert a transformers ``CLIPModel`` checkpoint (``openai/clip-vit-base-patch32``, reference §3.10 CLIP-I /
+"""Convert a transformers ``CLIPModel`` checkpoint (``openai/clip-vit-base-patch32``, paper Sec. 4.2 CLIP-I /
 CLIP-T) into a jtaba checkpoint of family ``clip`` (``jtaba.metrics.clip``): vision tower + ``visual_projection``,
 text tower + ``text_projection``.
 

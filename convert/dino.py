@@ -1,4 +1,4 @@
-"""Convert a transformers ``ViTModel`` checkpoint (DINO ``facebook/dino-vits16``, reference §3.10 / §3.12 G.3) into
+"""Convert a transformers ``ViTModel`` checkpoint (DINO ``facebook/dino-vits16``, paper Sec. 4.2 / App. G.3) into
 a jtaba checkpoint of family ``dino`` (``jtaba.metrics.dino``, networks in ``jtaba.metrics.vit_features``).
 
 Run from the repository root, e.g.

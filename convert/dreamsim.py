@@ -1,5 +1,5 @@
 """Convert DreamSim's published "ensemble" weights (the ``dreamsim`` package 0.2.1, ``dreamsim(pretrained=True,
-cache_dir=DIR)``, reference §3.10) into a jtaba checkpoint of family ``dreamsim`` (``jtaba.metrics.dreamsim``), the
+cache_dir=DIR)``, paper Sec. 4.2) into a jtaba checkpoint of family ``dreamsim`` (``jtaba.metrics.dreamsim``), the
 LoRA adapters merged into the dense weights.
 
 Run from the repository root, e.g.

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python convert/lpips.py --net alex --state lpips_alex_state.pth --out ckpt/lpips_alex\n"
                "Trunk weights: " + ", ".join(TRUNK_URL.format(f) for f in TRUNK_FILES.values()))
     p.add_argument("--net", choices=sorted(L.CHANNELS), default="alex",
-                   help="trunk: alex (reference §3.10) or vgg")
+                   help="trunk: alex (upstream's diversity metric) or vgg")
     p.add_argument("--trunk", help="torchvision ImageNet weights of the trunk (alexnet-owt-7be5be79.pth / "
                                    "vgg16-397923af.pth); default: torch's hub cache")
     p.add_argument("--lin", help="lpips lin weights (weights/v0.1/{alex,vgg}.pth); default: the copy in the "

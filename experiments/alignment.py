@@ -1,4 +1,4 @@
-"""Image alignment over training time (reference §3.12 G.3; paper App. G.3, Fig. 16-19).
+"""Image alignment over training time (paper App. G.3, Fig. 16-19).
 
     python -m experiments.alignment --run=runs/train/cifar10_s0 --run=runs/train/cifar10_s10 \\
         --run=runs/train/cifar10_s42 --n=2048 --steps=100 --batch=128

@@ -1,4 +1,4 @@
-"""Inversion approximation error per step, plain vs non-plain areas (reference §3.8; paper §3.4, App. D, Fig. 4,
+"""Inversion approximation error per step, plain vs non-plain areas (paper Sec. 3.4, App. D, Fig. 4,
 Tab. 6).
 
     python -m experiments.approximation_error              # the built-in default model, quick settings

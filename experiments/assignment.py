@@ -1,4 +1,4 @@
-"""L2 nearest assignment between noises, latents and samples (reference §3.11; paper Tab. 8, Tab. 11, Fig. 12-13,
+"""L2 nearest assignment between noises, latents and samples (paper Sec. 4.3, Tab. 8, Tab. 11, Fig. 12-13,
 App. E).
 
     python -m experiments.assignment                                   # built-in model, T = 50, N = 512

@@ -1,4 +1,4 @@
-"""Pixel correlations of noise, latents and samples against pure chance (reference §3.2; paper Tab. 2).
+"""Pixel correlations of noise, latents and samples against pure chance (paper Sec. 3.2, Tab. 2).
 
     python -m experiments.correlations                     # the built-in default model, quick settings
     python -m experiments.correlations --model=adm32 --n=10240 --steps=100 --batch=256 --upstream-fp16

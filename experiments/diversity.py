@@ -1,5 +1,5 @@
 """Editing diversity and text alignment of conditional models, and how replacing the first inversion steps restores
-them (reference §3.10, §3.13, §1.5-1.6, §2.3-2.4; paper Sec. 4.2 Fig. 6 / Tab. 7, Sec. 5 Fig. 7 / Tab. 13).
+them (paper Sec. 4.2 Fig. 6 / Tab. 7, Sec. 5 Fig. 7 / Tab. 13).
 
     python -m experiments.diversity --model=dit                          # class changes (ImageNet class names)
     python -m experiments.diversity --model=if --prompts=prompts         # prompt changes (IF prompt embeddings)
@@ -22,7 +22,7 @@ the ground-truth regeneration the paper compares with), "latents" (plain DDIM la
 
 Per column, mean and std over the pairs (std as upstream: torch's unbiased std for DreamSim / LPIPS, numpy's for
 the others): DreamSim distance, LPIPS (AlexNet, on the uint8 images as upstream), SSIM and PSNR as upstream
-computes them (skimage ``data_range=1`` and ``cv2.PSNR`` R = 255 on the raw [-1, 1] arrays, reference §6.14), SSIM
+computes them (skimage ``data_range=1`` and ``cv2.PSNR`` R = 255 on the raw [-1, 1] arrays, upstream quirk), SSIM
 of the images clipped and mapped to [0, 1] (ssim_01; that PSNR would be upstream's minus 20·log10(127.5) = 42.1 dB,
 up to clipping, and infinite for identical pairs, so it is not repeated), DINO cosine similarity (upstream reports
 its mean), and

@@ -1,5 +1,5 @@
 """SLERP interpolation between pairs of noises vs pairs of DDIM latents: FID / precision / recall of the decoded
-interpolations (reference §3.9; paper Sec. 4.1, Fig. 5, App. F.1 Tab. 12).
+interpolations (paper Sec. 4.1, Fig. 5, App. F.1 Tab. 12).
 
     python -m experiments.interpolation                          # the built-in default model, quick settings
     python -m experiments.interpolation --model=adm32 --n=10240 --steps=100 --reference=cifar10_train.npy

@@ -1,5 +1,5 @@
 """Are the latents Gaussian? Shapiro-Wilk per latent, QQ plot against the noise, and the latents shown as images
-(reference §3.3 ``stat_test_normality`` / ``plt_qq``; paper Sec. 3.2 and Fig. 2).
+(upstream ``stat_test_normality`` / ``plt_qq``; paper Sec. 3.2 and Fig. 2).
 
     python -m experiments.normality                        # the built-in default model, quick settings
     python -m experiments.normality --model=adm32 --n=10240 --steps=100 --batch=256

@@ -1,4 +1,4 @@
-"""Plain vs non-plain image areas: how far latents are from their noise there (reference §3.7; paper Tab. 5, App. C,
+"""Plain vs non-plain image areas: how far latents are from their noise there (paper Tab. 5, App. C,
 Fig. 11).
 
     python -m experiments.plain                            # the built-in default model, quick settings

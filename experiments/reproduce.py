@@ -46,25 +46,25 @@ from jtaba.runs import StandardOptions
 STANDARD = tuple(f.name for f in dataclasses.fields(StandardOptions))
 OWN_SIZES = ("seed", "batch", "precision")
 ANALYSES = (
-    ("triangles", "Tab. 3, Fig. 9 (§3.4)", STANDARD),
-    ("correlations", "Tab. 2 (§3.2)", STANDARD),
-    ("variances", "Tab. 4 (§3.6)", STANDARD),
-    ("normality", "Fig. 2, §3.3", STANDARD),
-    ("plain", "Tab. 5, Fig. 11, App. C (§3.7)", STANDARD),
-    ("assignment", "Tab. 8, Fig. 12-13 (§3.11)", STANDARD),
+    ("triangles", "Tab. 3, Fig. 9, App. B", STANDARD),
+    ("correlations", "Tab. 2, Sec. 3.2", STANDARD),
+    ("variances", "Tab. 4, Sec. 3.2", STANDARD),
+    ("normality", "Fig. 2, Sec. 3.2", STANDARD),
+    ("plain", "Tab. 5, Fig. 11, App. C", STANDARD),
+    ("assignment", "Tab. 8, Fig. 12-13, App. E", STANDARD),
     ("steps", "Tab. 10, Tab. 11", ("n", *OWN_SIZES)),
-    ("swap", "Tab. 9 and the forward fix (§3.13)", OWN_SIZES),
-    ("approximation_error", "Fig. 4, Tab. 6, App. D (§3.8)", ("steps", *OWN_SIZES)),
-    ("trajectories", "Fig. 3 (§3.5)", ("steps", *OWN_SIZES)),
-    ("interpolation", "Fig. 5, Tab. 12 (§3.9)", OWN_SIZES),
-    ("diversity", "Fig. 6-7, Tab. 7, Tab. 13 (§3.10)", ("steps", *OWN_SIZES)),
+    ("swap", "Tab. 9 and the forward fix, Sec. 5", OWN_SIZES),
+    ("approximation_error", "Fig. 4, Tab. 6, App. D", ("steps", *OWN_SIZES)),
+    ("trajectories", "Fig. 3, Sec. 3.3", ("steps", *OWN_SIZES)),
+    ("interpolation", "Fig. 5, Tab. 12, Sec. 4.1", OWN_SIZES),
+    ("diversity", "Fig. 6-7, Tab. 7, Tab. 13, Sec. 4.2", ("steps", *OWN_SIZES)),
 )
 # The training analyses (App. G), after the model analyses: ``compute(opts, rows_folder)`` on the --train-run
 # folders instead of the model; besides these report flags they take --train-n, --train-select and the runs.
 TRAINING_TAKES = ("steps", "batch", "precision", "runs_dir")
 TRAINING_ANALYSES = (
-    ("training_dynamics", "App. G.1, G.2, Fig. 14-15 (§3.12)", TRAINING_TAKES),
-    ("alignment", "App. G.3, Fig. 16-19 (§3.12)", TRAINING_TAKES),
+    ("training_dynamics", "App. G.1, G.2, Fig. 14-15", TRAINING_TAKES),
+    ("alignment", "App. G.3, Fig. 16-19", TRAINING_TAKES),
 )
 NAMES = tuple(name for name, _, _ in ANALYSES + TRAINING_ANALYSES)
 TRAINING_NAMES = tuple(name for name, _, _ in TRAINING_ANALYSES)

@@ -1,4 +1,4 @@
-"""Sample -> invert -> reconstruct (reference §3.1), with forward-diffusion and ground-truth-swap inversion (§2.3-2.4).
+"""Sample -> invert -> reconstruct (paper Sec. 3.1), with forward-diffusion and ground-truth-swap inversion (Sec. 5).
 
     python -m experiments.sample_invert --model=adm32 --n=10240 --steps=100 --batch=256 --seed=420 --record
 

@@ -1,5 +1,5 @@
 """Triangles and L2 assignment as the number of DDIM steps T varies (paper Tab. 10 (App. B.2) and Tab. 11 (App. E.2);
-reference §3.4 and §3.11, upstream OLD ``sample_per_T.py``).
+upstream OLD ``sample_per_T.py``).
 
     python -m experiments.steps                                        # built-in model: T = 10, 20, 50; N = 512
     python -m experiments.steps --model=adm32 --n=8192 --steps-list 10,50,100,500,1000   # the paper's T values

@@ -1,5 +1,5 @@
-"""Replacing the first inversion steps with ground truth, and the forward-diffusion fix (reference §3.13, §2.3, §2.4,
-§2.1; paper Sec. 5, Tab. 9).
+"""Replacing the first inversion steps with ground truth, and the forward-diffusion fix (paper Sec. 5, Tab. 9;
+upstream ``run_*_invert_swap.py`` and ``run_*_invert_forward.py``).
 
     python -m experiments.swap                                  # the built-in default model, quick settings
     python -m experiments.swap --model=adm64 --n=1024 --steps=50 --k-list=1,2,3,5,10
@@ -11,14 +11,15 @@ One table over K, the number of first DDIM inversion steps replaced, for three k
   (``swap_type=xt``);
 * forward replacement ("our method", ``run_*_invert_forward.py``): the first K steps are replaced by closed-form
   forward diffusion q(x_t | x_0) with fresh noise (``--forward-seed``), at level "exact" (where K inversion steps
-  land) and "upstream" (the diffusers scripts' level, one step further, §2.4). For ADM models both levels are the
-  same (reference §2.4: the ADM path is exact), so the forward run is computed once and reported for both.
+  land) and "upstream" (the diffusers scripts' level, one step further). For ADM models both levels are the
+  same (upstream ``taba/models/adm/ddim.py`` is exact), so the forward run is computed once and reported for both.
 Per row, as Tab. 9: pixel correlation of the latents (top-20 absolute Pearson correlations in 8x8 patches, mean
 over patches), image reconstruction error (mean |samples2 - samples|), noise reconstruction error (mean |noise -
-latents|) and KL(noise || latents) of 1-D Gaussians fitted to all elements, both against the sampling run's own noise
-(§3.13). Row K = 0 is plain DDIM inversion (the standard run shared by the analyses), the last row the noise itself
-(its correlation; KL and noise error 0). A K beyond what a swap type can mirror (``jtaba.engine.mirror_indices``:
-K <= T-1 for ADM, K <= T for diffusers models) or K > T for forward replacement is skipped with a note in the JSON.
+latents|) and KL(noise || latents) of 1-D Gaussians fitted to all elements, both against the sampling run's own
+noise (paper Tab. 9). Row K = 0 is plain DDIM inversion (the standard run shared by the analyses), the last row
+the noise itself (its correlation; KL and noise error 0). A K beyond what a swap type can mirror
+(``jtaba.engine.mirror_indices``: K <= T-1 for ADM, K <= T for diffusers models) or K > T for forward replacement is
+skipped with a note in the JSON.
 
 Runs (``jtaba.runs``, reused when finished): the standard run (sample, invert, reconstruct), one recorded sampling
 run (no inversion: its every step is the ground truth), and per kind and K one inversion + reconstruction of the
@@ -92,7 +93,7 @@ def out_parts(opts: Options) -> tuple:
 
 
 def forward_levels_coincide(model) -> bool:
-    """ADM's forward replacement noises to the level K inversion steps reach under both conventions (§2.4)."""
+    """ADM's forward replacement noises to the level K inversion steps reach under both conventions."""
     return model.diffusion.kind == "adm"
 
 
@@ -153,7 +154,7 @@ def compute(ws, opts: Options) -> dict:
             methods["forward_upstream"] = {"same_as": "forward_exact",
                                            "rows": [dict(r) for r in methods["forward_exact"]["rows"]]}
             notes.append(f"forward levels 'exact' and 'upstream' coincide for {ws.model.diffusion.kind} models "
-                         f"(reference §2.4): computed once, forward_upstream repeats forward_exact")
+                         f"(upstream's ADM path is exact): computed once, forward_upstream repeats forward_exact")
             continue
         rows = []
         for k in opts.k_list:

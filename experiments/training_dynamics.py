@@ -1,4 +1,4 @@
-"""Noise-sample-latent relations over training time (reference §3.12; paper App. G.1, G.2; Fig. 14, Fig. 15).
+"""Noise-sample-latent relations over training time (paper App. G.1, G.2; Fig. 14, Fig. 15).
 
     python -m experiments.training_dynamics --run=runs/train/cifar10_adm32 --n=2048 --steps=100 --batch=128
 
@@ -10,7 +10,7 @@ fixed noise set (sample i's noise depends only on (--seed, i); seed 420 as upstr
 
 Each gives one table row per checkpoint: the angles at the image / noise / latent vertices (``calc_angles``: acos of
 the mean cosine), the L2 distances (``calc_distances``; G.2 adds the sample / reconstruction MSE), the mean absolute
-noise-latent error, and the L2 nearest-assignment accuracies both ways (reference §3.11) between noise and samples
+noise-latent error, and the L2 nearest-assignment accuracies both ways (paper Sec. 4.3) between noise and samples
 and between latents and samples. The EMA parameters go to ``jtaba.runs`` in memory (batched, sharded over the
 devices, resumable, reused when a finished run has the same model and settings); the run files land in
 <runs-dir>/<training run>/step<step>/sample_invert/.

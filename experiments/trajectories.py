@@ -1,4 +1,4 @@
-"""Where the sampling trajectory runs relative to the noise-latent segment (paper Fig. 3, Sec. 3.3; reference §3.5,
+"""Where the sampling trajectory runs relative to the noise-latent segment (paper Fig. 3, Sec. 3.3;
 upstream ``interpolate_with_steps.py`` and ``plotting/interpolate_denoising.py``).
 
     python -m experiments.trajectories                          # built-in model, T = 50, N = 64

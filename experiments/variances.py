@@ -1,4 +1,4 @@
-"""Variance of the latents against the noise's (reference §3.6; paper Tab. 4).
+"""Variance of the latents against the noise's (paper Tab. 4).
 
     python -m experiments.variances                        # the built-in default model, quick settings
     python -m experiments.variances --model=adm32 --n=10240 --steps=100 --batch=256

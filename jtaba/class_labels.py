@@ -1,4 +1,5 @@
-"""Class labels for class-conditional latent models (DiT), including taba's class-name sampling (reference §1.5).
+"""Class labels for class-conditional latent models (DiT), including taba's class-name sampling (upstream
+``taba/models/dit/dit.py``).
 
 Upstream ``load_cond``: ``random.seed(cond_seed)``; ``names = random.choices(DIT_IMAGENET_MAP.values(), k)``
 (Python's Mersenne Twister, with replacement); each name repeated ``noises_per_prompt`` times; names mapped to ids

@@ -1,6 +1,7 @@
 """What a model declares about its diffusion process, as data: schedule, respacing family, step conventions.
 
-``kind`` picks the step conventions (reference §2):
+``kind`` picks the step conventions (upstream ``guided_diffusion/gaussian_diffusion.py`` and
+``taba/ddim/schedulers.py``):
 * ``"adm"`` (guided_diffusion): respacing ``ddimN``; the network is evaluated at the *source* index in inversion;
   eps is re-derived from the clipped x0; the last inversion step goes to alpha 0; timestep labels are the
   training timesteps (times 1000/num_train_timesteps when ``rescale_timesteps``).
@@ -123,7 +124,8 @@ class DiffusionConfig(ConfigBase):
     @classmethod
     def from_diffusers_scheduler(cls, cfg: dict[str, Any], learned_sigma: bool) -> "DiffusionConfig":
         """From a diffusers scheduler_config.json (DDIM/DDPM); thresholding applies to sampling only and inversion
-        clamps when ``clip_sample`` or ``thresholding`` is set (IF, reference §1.6, §6.5)."""
+        clamps when ``clip_sample`` or ``thresholding`` is set (IF, upstream
+        ``taba/models/deepfloyd_if/pipeline.py``)."""
         unsupported = {k: cfg[k] for k, ok in _SCHEDULER_FIXED.items() if cfg.get(k, ok) != ok}
         if unsupported:
             raise ValueError("scheduler options not supported (jtaba's DDIM reads the network output as eps on the "

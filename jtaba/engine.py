@@ -174,7 +174,8 @@ def run_step(spec: LoopSpec, params, x, index, cond=None, null_cond=None, guidan
 
 def mirror_indices(diffusion: DiffusionConfig, steps: int, kind: str, before: int) -> np.ndarray:
     """Sampling-record index j (into all_t_* of a recorded sampling run, j = 0 noisiest) that gives the ground
-    truth for inversion step i = 0..before-1 (golden README §3, §6; reference §2.1, §2.3):
+    truth for inversion step i = 0..before-1 (the golden guided_diffusion and taba pipeline runs; upstream
+    ``taba/models/adm/ddim.py`` and the ``invert_swap`` scripts):
     adm: eps ← j = T−2−i, xt ← j = T−3−i; diffusers: eps ← j = T−1−i, xt ← j = T−2−i.
     j = −1 stands for the sampling run's input noise (the state after the last mirrored inversion step)."""
     T = steps

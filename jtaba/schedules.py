@@ -1,6 +1,7 @@
 """Beta schedules, both respacings, and the per-step coefficient tables the DDIM engine scans over.
 
-Two families (``DiffusionConfig.kind``), reference §1.2, §1.3, §2:
+Two families (``DiffusionConfig.kind``), as upstream ``guided_diffusion/respace.py`` and
+``taba/ddim/schedulers.py``:
 
 * ``adm`` (guided_diffusion): betas in float64 numpy; ``ddimN`` respacing picks the smallest stride giving exactly N
   timesteps; spaced alphas are rebuilt through betas in float64; coefficients are gathered in float64 and cast to
@@ -191,13 +192,13 @@ def _fwd_f32(a32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Tables(NamedTuple):
     sample: StepTable
     invert: StepTable  # fwd_* = the exact level convention
-    invert_upstream: StepTable  # fwd_* = the upstream level convention (differs for diffusers models, §2.4)
+    invert_upstream: StepTable  # fwd_* = the upstream level convention (differs for diffusers models, paper Sec. 5)
     timesteps_sample: np.ndarray  # training timesteps of each sampling step (int64, for files and logs)
     timesteps_invert: np.ndarray
 
 
 def step_tables(cfg: DiffusionConfig, steps: int) -> Tables:
-    """Sampling and inversion tables for ``steps`` DDIM steps (reference §2.1, §2.2, §2.4)."""
+    """Sampling and inversion tables for ``steps`` DDIM steps (upstream ``adm/ddim.py``, ``ddim/schedulers.py``)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     T = steps
@@ -228,7 +229,7 @@ def step_tables(cfg: DiffusionConfig, steps: int) -> Tables:
     ai_src = np.where(src >= 0, ac[np.clip(src, 0, None)], edge)
     ai_dst = ac[ti]
     exact = np.concatenate([ai_src, [ai_dst[-1]]])  # K replaced steps: the level inversion step K starts from
-    upstream = np.concatenate([ai_dst, [ac[n - 1]]])  # taba: timesteps_inv[K], K = T: training step n-1 (§2.4)
+    upstream = np.concatenate([ai_dst, [ac[n - 1]]])  # taba: timesteps_inv[K], K = T: training step n-1
     inv = _table(ti, ai_src, ai_dst, _fwd_f32(exact))
     inv_up = inv._replace(fwd_sqrt_a=_fwd_f32(upstream)[0], fwd_sqrt_1m_a=_fwd_f32(upstream)[1])
     return Tables(sample, inv, inv_up, ts, ti)

@@ -1,5 +1,5 @@
 """Access to the golden outputs of the original implementations (``../shared/golden`` or ``$JTABA_GOLDEN``) and
-a numpy re-implementation of their deterministic weight recipe (golden README §2)."""
+a numpy re-implementation of their deterministic weight recipe (documented with the golden set)."""
 from __future__ import annotations
 
 import json

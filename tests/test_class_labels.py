@@ -1,4 +1,4 @@
-"""taba's DiT class sampling (reference §1.5) against the upstream procedure re-typed (global ``random``)."""
+"""taba's DiT class sampling (upstream ``load_cond``) against the upstream procedure re-typed (global ``random``)."""
 import random
 
 import numpy as np

@@ -16,7 +16,7 @@ from convert.common import flatten, load_state_dict, unflatten
 from jtaba.models import dit
 from tests.golden import golden_path, load_json, load_npz, recipe_state_dict, recipe_tensor, report
 
-ATOL = 5e-5  # golden README §7, tiny and full-size forwards
+ATOL = 5e-5  # the golden set's fp32 tolerance, tiny and full-size forwards
 
 
 def nhwc(x):

@@ -1,5 +1,5 @@
-"""The DDIM engine on the tiny golden ADMs against the original guided_diffusion / taba code (golden README §3,
-§7): teacher-forced single steps, free-running trajectories, reconstruction, forward_before=3 and both swaps."""
+"""The DDIM engine on the tiny golden ADMs against the original guided_diffusion / taba code (golden ``adm/<name>/``
+vectors): teacher-forced single steps, free-running trajectories, reconstruction, forward_before=3 and both swaps."""
 import functools
 
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
-"""The same DDIM engine on the diffusers conventions: golden taba ``CustomDiTPipeline`` trajectories (golden README
-§6) — sampling, inversion (target-label convention), reconstruction, VAE decode, both swaps with the diffusers
-mirror index and forward diffusion at the upstream level."""
+"""The same DDIM engine on the diffusers conventions: golden taba ``CustomDiTPipeline`` trajectories
+(golden ``dit_pipeline_tiny/``) — sampling, inversion (target-label convention), reconstruction, VAE decode, both
+swaps with the diffusers mirror index and forward diffusion at the upstream level."""
 import functools
 import json
 import os
@@ -43,7 +43,7 @@ def data(schedule):
 
 
 def close(name, got, ref, rel=5e-5):
-    """Golden README §7: atol 5e-5 (latents, decoded, mild) or 2e-5·max(1, max|ref|) on the hub schedule."""
+    """The golden set's tolerance: atol 5e-5 (latents, decoded, mild) or 2e-5·max(1, max|ref|) on the hub schedule."""
     err, _ = report(name, got, ref)
     tol = rel * max(1.0, float(np.max(np.abs(ref))))
     assert err <= tol, f"{name}: max-abs {err:.3e} > {tol:.3e}"

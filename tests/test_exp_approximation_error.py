@@ -1,7 +1,7 @@
-"""``python -m experiments.approximation_error`` (reference §3.8; paper Fig. 4, Tab. 6, App. D): the metric on a case
+"""``python -m experiments.approximation_error`` (paper Fig. 4, Tab. 6, App. D): the metric on a case
 worked by hand, the ground-truth index convention on fake recorded runs (both step conventions), and end to end on
 the tiny random ADM, where every per-step error is recomputed here with ``jtaba.engine.run_step`` from the
-ground-truth states of the recorded sampling run (indices re-typed from reference §3.8) and plain numpy."""
+ground-truth states of the recorded sampling run (indices re-typed from upstream) and plain numpy."""
 import csv
 import json
 import os
@@ -85,7 +85,7 @@ def test_ground_truth_indices(kind):
     truth, inv = fake_runs(T)
     arrays = ae.step_arrays(diffusion, T, truth, inv)
     S = len(arrays["eps"][0])
-    # reference §3.8 / §2.1 / §2.3: ADM eps gt = all_t_eps_samples[T-2-i], state after step i = all_t_samples[T-3-i]
+    # upstream ddim.py / invert_swap: ADM eps gt = all_t_eps_samples[T-2-i], state after step i = all_t_samples[T-3-i]
     # (the noise after step T-2), i < T-1; diffusers: eps gt [T-1-i], state after step i [T-2-i], i < T
     shift = 1 if kind == "adm" else 0
     assert S == T - shift
@@ -111,7 +111,7 @@ def test_too_few_steps():
 
 # ---- end to end on the tiny random ADM ----
 def oracle_plain_mask(images, threshold):
-    """Reference §3.7 find_plain_areas, re-typed."""
+    """Upstream find_plain_areas, re-typed."""
     x = np.asarray(images, np.float64)
     dh, dw = np.zeros_like(x), np.zeros_like(x)
     dh[:, :, :-1] = np.abs(x[:, :, 1:] - x[:, :, :-1])

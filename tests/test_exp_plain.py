@@ -1,5 +1,5 @@
-"""``python -m experiments.plain`` (reference §3.7; paper Tab. 5, Fig. 11) end to end on the tiny random ADM: the
-masks (``find_plain_areas`` re-typed from the reference), MAE and std per area and the noise control row are
+"""``python -m experiments.plain`` (paper App. C, Tab. 5, Fig. 11) end to end on the tiny random ADM: the
+masks (``find_plain_areas`` re-typed from upstream), MAE and std per area and the noise control row are
 recomputed from the run's files with plain numpy and boolean indexing (the metric functions themselves are tested in
 test_metrics_plain.py)."""
 import csv

@@ -12,7 +12,7 @@ from experiments import precision
 from tests.test_exp_triangles import BATCH, STEPS, save_tiny_checkpoint
 
 
-def kl(noise, latents):  # reference §3.3, re-typed
+def kl(noise, latents):  # upstream ``kl_div``, re-typed
     a, b = np.asarray(noise, np.float64).ravel(), np.asarray(latents, np.float64).ravel()
     m1, s1, m2, s2 = a.mean(), a.std(ddof=1), b.mean(), b.std(ddof=1)
     return np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5

@@ -1,9 +1,10 @@
 """``python -m experiments.swap`` end to end on the tiny random ADM of test_exp_triangles: every number of swap.json /
-swap.csv is recomputed from the runs' files with plain numpy (KL of reference §3.3, MAE, the patch correlation of §3.2
-re-typed), and the replaced runs are checked against an independent re-derivation of what they should compute: the
-ground truth taken at the mirror index of reference §2.1 (ADM: ε of inversion step i is sampling record T-2-i, the
-state after inversion step i is sampling record T-3-i), the ε swap re-typed in numpy, forward replacement as
-q(x_K | x_0) with the run's forward noise, then the remaining model steps one by one (``jtaba.engine.run_step``)."""
+swap.csv is recomputed from the runs' files with plain numpy (KL of upstream ``kl_div``, MAE, the patch correlation of
+upstream ``correlation.py`` re-typed), and the replaced runs are checked against an independent re-derivation of
+what they should compute: the ground truth taken at the mirror index of upstream ``ddim.py`` (ADM: ε of inversion
+step i is sampling record T-2-i, the state after inversion step i is sampling record T-3-i), the ε swap re-typed in
+numpy, forward replacement as q(x_K | x_0) with the run's forward noise, then the remaining model steps one by
+one (``jtaba.engine.run_step``)."""
 import csv
 import json
 import os
@@ -21,14 +22,14 @@ T = STEPS
 
 # ---- independent numpy recomputation ----
 def oracle_kl(noise, latents):
-    """§3.3 kl_div: 1-D Gaussians over all elements (unbiased std), P = noise, Q = latents."""
+    """Upstream kl_div: 1-D Gaussians over all elements (unbiased std), P = noise, Q = latents."""
     a, b = np.asarray(noise, np.float64).ravel(), np.asarray(latents, np.float64).ravel()
     m1, s1, m2, s2 = a.mean(), a.std(ddof=1), b.mean(), b.std(ddof=1)
     return np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5
 
 
 def oracle_patch_corr(x, patch=8, top_k=20):
-    """§3.2 get_top_k_corr_in_patches: standardise, corrcoef over samples, strict upper triangle, |.|, top-k."""
+    """Upstream get_top_k_corr_in_patches: standardise, corrcoef over samples, strict upper triangle, |.|, top-k."""
     x = np.asarray(x, np.float64)
     n, _, h, w = x.shape
     vals = []
@@ -70,7 +71,7 @@ class Stepper:
         self.model = jtaba.load(ckpt)
         self.spec = engine.LoopSpec(network=self.model.network, diffusion=self.model.diffusion, steps=T, invert=True)
         self.run_step = engine.run_step
-        a = adm_spaced(self.model.diffusion, T)[1]  # spaced ᾱ (float64), the levels of reference §2.1
+        a = adm_spaced(self.model.diffusion, T)[1]  # spaced ᾱ (float64), the levels of upstream ADM ddim
         self.a, self.a_next = a, np.concatenate([a[1:], [0.0]])
 
     def finish(self, x, start):

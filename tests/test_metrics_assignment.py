@@ -1,4 +1,4 @@
-"""L2 nearest assignment (reference §3.11) against the OLD upstream torch code re-typed here (float64), exact ties,
+"""L2 nearest assignment (paper App. E) against the OLD upstream torch code re-typed here (float64), exact ties,
 near ties below the expansion's resolution, and the 8-chunk mean ± std."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""metrics.json "metrics" object (reference §3.1) against the upstream torch metrics re-typed here."""
+"""metrics.json "metrics" object (upstream sampling scripts) against the upstream torch metrics re-typed here."""
 import json
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Pixel-correlation metric (reference §3.2) against the upstream torch code re-typed here, run in float64."""
+"""Pixel-correlation metric (paper Tab. 2) against the upstream torch code re-typed here, run in float64."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Distribution statistics (reference §3.3, §3.6) against the upstream torch code re-typed here, in float64."""
+"""Distribution statistics (paper Sec. 3.2, Tab. 4) against the upstream torch code re-typed here, in float64."""
 import numpy as np
 import pytest
 import torch

@@ -28,7 +28,7 @@ def _hwc(img):
 
 def test_ssim_upstream_matches_skimage_per_channel():
     skimage_metrics = _skimage_metrics()
-    # reference §3.10: skimage structural_similarity per channel of the raw HWC [-1, 1] arrays, data_range=1.
+    # upstream diversity: skimage structural_similarity per channel of the raw HWC [-1, 1] arrays, data_range=1.
     x, y = _pairs()
     ours = np.asarray(ssim(x, y, upstream=True))
     ref = np.array([np.mean([skimage_metrics.structural_similarity(_hwc(a)[..., c], _hwc(b)[..., c], data_range=1)
@@ -83,7 +83,7 @@ def test_psnr_formula_dm_pix_and_ranges():
 
 
 def test_psnr_upstream_matches_cv2_formula():
-    # reference §3.10: cv2.PSNR(a, b) on raw float arrays, R = 255: 20 log10(255 / (RMSE + DBL_EPSILON)).
+    # upstream diversity: cv2.PSNR(a, b) on raw float arrays, R = 255: 20 log10(255 / (RMSE + DBL_EPSILON)).
     x, y = _pairs(seed=4)
     ours = np.asarray(psnr(x, y, upstream=True))
     rmse = np.sqrt(((x.astype(np.float64) - y.astype(np.float64)) ** 2).mean(axis=(1, 2, 3)))

@@ -116,7 +116,7 @@ def test_pytorch_fid_parity(fid_reference, converted):
 @pytest.mark.slow
 def test_torch_fidelity_parity(fid_reference, converted, tmp_path):
     """torch-fidelity's FeatureExtractorInceptionV3 (TF1 bilinear resize, (x - 128) / 128 on uint8) loading the same
-    random state from a file: the protocol of reference §3.9's torch_fidelity.calculate_metrics."""
+    random state from a file: the protocol of upstream ``eval_fids.py``'s torch_fidelity.calculate_metrics."""
     fe = _need("torch_fidelity.feature_extractor_inceptionv3")
     from jtaba.metrics import inception as I
 

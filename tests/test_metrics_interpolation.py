@@ -1,4 +1,4 @@
-"""SLERP / lerp (reference §3.9, quirk 8) and trajectory-vs-interpolation distances (§3.5) against the upstream
+"""SLERP / lerp (paper Sec. 4.1) and trajectory-vs-interpolation distances (Fig. 3) against the upstream
 torch code re-typed here, plus SLERP invariants."""
 import numpy as np
 import pytest

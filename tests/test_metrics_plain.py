@@ -1,4 +1,4 @@
-"""Plain-surface masks and plain vs non-plain statistics (reference §3.7) on a hand-made image and against the
+"""Plain-surface masks and plain vs non-plain statistics (paper App. C) on a hand-made image and against the
 upstream torch code re-typed here."""
 import numpy as np
 import pytest

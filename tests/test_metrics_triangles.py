@@ -1,4 +1,4 @@
-"""Angles, distances and the most-probable-triangle search (reference §3.4) against the upstream torch code
+"""Angles, distances and the most-probable-triangle search (paper App. B) against the upstream torch code
 re-typed here, synthetic triangles with known angles, and the strict '>' tie rule."""
 import numpy as np
 import pytest

@@ -175,7 +175,7 @@ def test_swap_takes_the_mirror_steps_of_a_recorded_run(ckpt, ref, tmp_path, kind
                         "--swap-from", ref, "--swap-type", kind, "--swap-before", "2", "--out", out])
     same_files(out, ref, ["noise", "samples"])  # the source run's noise and samples
     assert not os.path.exists(os.path.join(out, "samples2.npy"))
-    if kind == "eps":  # ADM: inversion step i gets the eps of sampling step T-2-i (reference §2.1)
+    if kind == "eps":  # ADM: inversion step i gets the eps of sampling step T-2-i (upstream ADM ddim.py)
         for i in range(2):
             np.testing.assert_array_equal(load(out, "all_t_eps_latents")[i], load(ref, "all_t_eps_samples")[T - 2 - i])
     else:  # the state after inversion step i is the sampling state T-3-i; step T-2 lands on the noise

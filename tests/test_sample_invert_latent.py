@@ -1,6 +1,6 @@
 """A latent model end to end through the command line: ``convert/dit.py`` on the golden diffusers DiT pipeline
 folder, then ``experiments.sample_invert`` with given noise and labels; the written files equal the original
-pipeline's outputs (golden README §6) and decoded images sit beside the latents."""
+pipeline's outputs (golden ``dit_pipeline_tiny/``) and decoded images sit beside the latents."""
 import json
 import os
 
@@ -29,7 +29,7 @@ def test_convert_then_sample_invert_dit_pipeline(tmp_path):
     files = {name: np.load(os.path.join(out, name + ".npy")) for name in
              ("noise", "conds", "samples", "latents", "samples2", "decoded_samples", "decoded_samples2")}
     np.testing.assert_array_equal(files["conds"], ref["class_labels"])
-    for name in ("samples", "samples2"):  # hub schedule: |x| up to ~365, relative bar (golden README §7)
+    for name in ("samples", "samples2"):  # hub schedule: |x| up to ~365, relative bar (as the golden set suggests)
         err, _ = report(f"cli {name}", files[name], ref[name])
         assert err <= 2e-5 * max(1.0, float(np.abs(ref[name]).max()))
     for name in ("latents", "decoded_samples", "decoded_samples2"):

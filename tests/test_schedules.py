@@ -1,5 +1,5 @@
-"""Schedules and respacing against the reference numbers (spec §1.2, §1.3), the golden spaced schedules of the
-original guided_diffusion, and diffusers' DDIMScheduler / DDIMInverseScheduler."""
+"""Schedules and respacing against the reference numbers (upstream ``guided_diffusion/respace.py``), the golden
+spaced schedules of the original guided_diffusion, and diffusers' DDIMScheduler / DDIMInverseScheduler."""
 import numpy as np
 import pytest
 
@@ -52,7 +52,7 @@ def test_adm_tables_match_golden(name):
     tab = step_tables(diff, T)
     np.testing.assert_allclose(tab.sample.sqrt_a_dst ** 2, ref["alphas_cumprod_prev"][::-1], rtol=1e-6)
     np.testing.assert_allclose(tab.invert.sqrt_a_dst ** 2, ref["alphas_cumprod_next"], rtol=1e-6, atol=1e-12)
-    assert tab.invert.sqrt_a_dst[-1] == 0.0  # last inversion step goes to ᾱ = 0 (spec §6.1)
+    assert tab.invert.sqrt_a_dst[-1] == 0.0  # last inversion step goes to ᾱ = 0 (upstream ``alphas_cumprod_next``)
 
 
 DIFFUSERS_CONFIGS = [
@@ -94,8 +94,8 @@ def test_diffusers_tables_match_schedulers(kw, T):
 
 
 def test_forward_levels_exact_vs_upstream():
-    """§2.4: exact level of K replaced steps = where inversion step K starts; upstream (taba diffusers) = one step
-    further, K = T at training step 999; ADM's upstream is exact."""
+    """Forward replacement (paper Sec. 5): exact level of K replaced steps = where inversion step K
+    starts; upstream (taba diffusers) = one step further, K = T at training step 999; ADM's upstream is exact."""
     dit = DiffusionConfig(kind="diffusers", beta_schedule="linear")
     tab = step_tables(dit, 10)
     ac = alphas_cumprod(dit)

@@ -1,4 +1,4 @@
-"""Analysis metrics of the paper (reference §3) as pure numpy functions over NCHW arrays (as written to disk).
+"""Analysis metrics of the paper (Sec. 3-5, App. B-G) as pure numpy functions over NCHW arrays (as written to disk).
 
 Float64 arithmetic unless a function says otherwise; memory stays bounded for 10,240-sample files (memmaps work).
 One concept per module: distribution (KL, stats, MAE, variance), correlation (top-k pixel correlation), triangles

@@ -1,5 +1,5 @@
 """Representation alignment between two aligned sets (sample i of one set <-> sample i of the other): CKA, SVCCA and
-mutual k-NN (reference §3.12 G.3, Fig. 16-19: samples / latents of checkpoint c vs those of the final checkpoint).
+mutual k-NN (paper App. G.3, Fig. 16-19: samples / latents of checkpoint c vs those of the final checkpoint).
 
 Pure numpy, float64. Inputs (N, ...) are flattened to (N, D) features; both sets need the same N (D may differ).
 

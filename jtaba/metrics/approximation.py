@@ -1,4 +1,4 @@
-"""Inversion approximation error per step, plain vs non-plain (reference §3.8; paper App. D, Eq. 15-17, Fig. 4,
+"""Inversion approximation error per step, plain vs non-plain (paper App. D, Eq. 15-17, Fig. 4,
 Tab. 6).
 
 Step i of a DDIM inversion approximates the network output it needs (the one sampling computed at the next, noisier

@@ -1,4 +1,4 @@
-"""L2 nearest assignment between aligned sets (reference §3.11; Tab. 8, Tab. 11, Fig. 12-13, Fig. 15).
+"""L2 nearest assignment between aligned sets (paper Sec. 4.3, App. E; Tab. 8, Tab. 11, Fig. 12-13, Fig. 15).
 
 X (noises or latents) and Y (samples) are aligned (M, C, H, W) sets: pair i is (X[i], Y[i]). Distances are
 d[i, j] = mean over (C, H, W) of (X[j] - Y[i])^2 (OLD ``distance_classification._find_closest_x_for_y``).

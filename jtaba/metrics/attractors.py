@@ -1,4 +1,4 @@
-"""Attractor samples of the L2 nearest assignment (reference §3.11 diagnostics; paper Fig. 12B-C, Fig. 13; App. E.3).
+"""Attractor samples of the L2 nearest assignment (L2 assignment diagnostics; paper Fig. 12B-C, Fig. 13; App. E.3).
 
 Upstream OLD ``distance_classification.plot_most_attractive``: for every noise (or latent) x_j the nearest sample
 under mean squared distance; a sample's count is how many x_j it is nearest to; the samples with the largest counts

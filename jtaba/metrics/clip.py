@@ -1,4 +1,4 @@
-"""CLIP-I and CLIP-T (reference §3.10, §3.12 G.3) with ``openai/clip-vit-base-patch32`` as transformers
+"""CLIP-I and CLIP-T (paper Sec. 4.2, App. G.3) with ``openai/clip-vit-base-patch32`` as transformers
 ``CLIPModel`` computes it: ``image_embeds`` (vision tower + ``visual_projection``) and ``text_embeds`` (text tower
 + ``text_projection``), see ``vit_features``.
 

@@ -1,4 +1,5 @@
-"""The ``metrics`` object of metrics.json written by every sample / invert / reconstruct run (reference §3.1)."""
+"""The ``metrics`` object of metrics.json written by every sample / invert / reconstruct run (upstream
+``taba/scripts/sampling/run_*_sampling.py``)."""
 from __future__ import annotations
 
 from jtaba.metrics.correlation import top_k_corr_in_patches

@@ -1,5 +1,6 @@
-"""Pixel-correlation metric (reference §3.2, Tab. 2 / Tab. 9): top-k absolute Pearson correlations between
-features (pixels x channels) measured across the N samples, in float64 (quirk 11: upstream uses the stored dtype,
+"""Pixel-correlation metric (paper Tab. 2 / Tab. 9, upstream
+``taba/metrics/correlation.py``): top-k absolute Pearson correlations between
+features (pixels x channels) measured across the N samples, in float64 (upstream uses the stored dtype,
 fp16 for DiT/IF).
 
 Input (N, C, H, W). Constant features have no correlation: their entries are NaN, which, as in ``torch.topk``, rank

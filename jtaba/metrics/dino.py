@@ -1,4 +1,4 @@
-"""DINO image similarity (reference §3.10 diversity ``dino``, §3.12 G.3): ``facebook/dino-vits16`` as transformers
+"""DINO image similarity (paper Sec. 4.2 diversity ``dino``, App. G.3): ``facebook/dino-vits16`` as transformers
 ``ViTModel(add_pooling_layer=False)``, the CLS token of ``last_hidden_state``, per-pair cosine similarity.
 
 Images: NCHW in [-1, 1] (``input_range``), preprocessed as upstream: uint8 PIL -> Resize(256, bicubic) ->

@@ -1,4 +1,4 @@
-"""Whole-tensor distribution statistics of noise and latents (reference §3.3, §3.6), in float64.
+"""Whole-tensor distribution statistics of noise and latents (paper Sec. 3.2, Tab. 4), in float64.
 
 Inputs are arrays of any shape (files are NCHW); "std" is always the unbiased (ddof=1) estimate, as torch's
 ``Tensor.std()``. Upstream computes these in the stored dtype (fp16 for DiT/IF); float64 here.
@@ -48,7 +48,7 @@ def gaussian_kl(mu_p, sigma_p, mu_q, sigma_q):
 
 def kl_div(noise, latents) -> float:
     """``kl_div``: KL(P || Q) of 1-D Gaussians fitted to all elements (mean, unbiased std); P = noise, Q = latents
-    (quirk 12: one Gaussian over every element, not per dimension)."""
+    (upstream quirk: one Gaussian over every element, not per dimension)."""
     mu_p, sd_p = mean_std(noise)
     mu_q, sd_q = mean_std(latents)
     return float(gaussian_kl(mu_p, sd_p, mu_q, sd_q))

@@ -1,4 +1,4 @@
-"""DreamSim (Fu et al. 2023) perceptual distance (reference §3.10 diversity ``dreamsim``) in Flax, as the ``dreamsim``
+"""DreamSim (Fu et al. 2023) perceptual distance (paper Sec. 4.2 diversity ``dreamsim``) in Flax, as the ``dreamsim``
 package 0.2.1 computes it with ``dreamsim(pretrained=True)``: the default ``dreamsim_type="ensemble"``, LoRA
 fine-tuned, ``normalize_embeds=True``.
 

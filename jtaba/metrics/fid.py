@@ -1,4 +1,4 @@
-"""Distribution metrics from precomputed features (reference §3.9, Fig. 5, Tab. 12): Fréchet distance (FID when the
+"""Distribution metrics from precomputed features (paper Sec. 4.1, Fig. 5, Tab. 12): Fréchet distance (FID when the
 features are Inception pool3), improved precision / recall (Kynkäänniemi et al. 2019) and KID (Bińkowski et al. 2018).
 No network here: features come from the caller (Inception-v3 2048-d for FID / KID, VGG16 fc2 4096-d for torch-fidelity's
 precision / recall).

@@ -1,4 +1,4 @@
-"""SSIM and PSNR per image pair (reference §3.10 diversity, §3.12 G.3 alignment), computed by dm-pix, jit-able.
+"""SSIM and PSNR per image pair (paper Sec. 4.2 diversity, App. G.3 alignment), computed by dm-pix, jit-able.
 
 Inputs: batches (N, C, H, W) (or one (C, H, W) image; ``channels_last=True`` for (N, H, W, C) / (H, W, C)) of
 floats. Returns one value per image pair, shape (N,) (a scalar for a single image). Arithmetic in the input's float
@@ -20,8 +20,8 @@ SSIM windows (``window=``):
 Both average the SSIM map over the 'valid' window positions and over channels (= skimage's crop-then-mean, and the
 mean of per-channel skimage values).
 
-Upstream's quirky variants (``upstream=True``; reference §3.10, §6.14), to reproduce upstream numbers; they use the
-raw arrays and ignore ``value_range``:
+Upstream's quirky variants (``upstream=True``; upstream ``calc_diversity_two_samples.py``), to reproduce upstream
+numbers; they use the raw arrays and ignore ``value_range``:
   ``ssim(x, y, upstream=True)``: skimage ``structural_similarity(a[..., c], b[..., c], data_range=1)`` per channel,
     mean over the 3 channels, on the raw arrays (upstream fed [-1, 1] images in the diversity script, whole-batch
     min-max [0, 1] images in G.3) -> window "skimage", data range 1, no shift.

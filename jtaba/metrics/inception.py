@@ -1,5 +1,5 @@
 """The FID Inception-v3 ("pt_inception-2015-12-05", the TensorFlow FID graph ported to PyTorch) in Flax: 2048-d
-pool3 features (and the 1008-way logits) as pytorch-fid, torch-fidelity and clean-fid compute them (reference §3.9).
+pool3 features (and the 1008-way logits) as pytorch-fid, torch-fidelity and clean-fid compute them (paper Sec. 4.1).
 
 Network (family ``inception_fid``): torchvision ``Inception3`` with pytorch-fid's patched blocks
 (``FIDInceptionA/C``: the branch average pool excludes the zero padding, ``count_include_pad=False``;

@@ -1,6 +1,6 @@
-"""Interpolation between noises / latents (reference §3.5 Fig. 3, §3.9 Fig. 5 / Tab. 12).
+"""Interpolation between noises / latents (paper Fig. 3, Sec. 4.1 Fig. 5 / Tab. 12).
 
-SLERP parity quirk 8: upstream ``slerp_interpolation`` takes norms and dot products along the **last axis only**,
+SLERP parity quirk: upstream ``slerp_interpolation`` takes norms and dot products along the **last axis only**,
 so an (N, C, H, W) input is interpolated row by row (rows of width W); ``per_sample=True`` is the intended version
 (one SLERP per flattened sample). Arithmetic in float64, result cast back to the inputs' dtype (upstream uses the
 stored dtype, fp16 for DiT).
@@ -39,7 +39,7 @@ def _slerp_last_axis(v0: np.ndarray, v1: np.ndarray, t: float, dot_threshold: fl
 def slerp(v0, v1, t: float, *, per_sample: bool = False, dot_threshold: float = DOT_THRESHOLD) -> np.ndarray:
     """Spherical interpolation at scalar ``t`` (t=0 -> v0, t=1 -> v1) between same-shaped arrays.
 
-    per_sample=False: upstream ``slerp_interpolation`` (quirk 8), independently for every vector along the last
+    per_sample=False: upstream ``slerp_interpolation`` (its quirk), independently for every vector along the last
     axis. per_sample=True: one SLERP per item of the leading axis over all its other elements. Rows with
     |cos| > dot_threshold, or a zero vector, fall back to torch.lerp. The vectors are not normalized (norms are
     interpolated by the sin weights)."""

@@ -1,5 +1,5 @@
 """LPIPS (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric") in Flax, as
-the ``lpips`` package 0.1.4 computes it: ``lpips.LPIPS(net="alex" | "vgg", version="0.1")`` (reference §3.10 uses
+the ``lpips`` package 0.1.4 computes it: ``lpips.LPIPS(net="alex" | "vgg", version="0.1")`` (upstream diversity uses
 ``net="alex"``), ``spatial=False``, ``lpips=True`` (the learned 1x1 "lin" heads).
 
 Per image pair (NCHW, values in [-1, 1]; ``normalize=True`` takes [0, 1] and maps it by 2x − 1 as lpips does):

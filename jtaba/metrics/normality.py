@@ -1,4 +1,4 @@
-"""Per-sample Shapiro-Wilk normality test of latents (reference §3.3, upstream ``stat_test_normality``; paper Sec. 3)
+"""Per-sample Shapiro-Wilk normality test of latents (upstream ``stat_test_normality``; paper Sec. 3.2)
 and the two-sample quantiles of a QQ plot (upstream ``plt_qq``: statsmodels ``qqplot_2samples``), in float64.
 
 Upstream draws each latent's subsample with ``torch.randint`` from torch's global generator; here a numpy

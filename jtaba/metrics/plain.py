@@ -1,4 +1,4 @@
-"""Plain-surface masks and plain vs non-plain statistics (reference §3.7; App. C, Tab. 5, Fig. 11; masks for §3.8).
+"""Plain-surface masks and plain vs non-plain statistics (paper App. C, Tab. 5, Fig. 11; masks for App. D).
 
 Masks are computed on the final generations in the diffusion space (pixels in [-1, 1] for ADM/IF, VAE/VQ latents
 for LDM/DiT), so they have the latents' spatial size.

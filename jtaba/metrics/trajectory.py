@@ -1,4 +1,4 @@
-"""Which end of the noise-latent side a trajectory state lies nearer to (reference §3.5, upstream
+"""Which end of the noise-latent side a trajectory state lies nearer to (paper Fig. 3, upstream
 ``interpolate_with_steps.build_norm_df_closer``).
 
 For states (T, N, C, H, W) (a recorded sampling or inversion trajectory), noise x_T and latent x̂_T (N, C, H, W):

@@ -1,4 +1,4 @@
-"""Noise-sample-latent triangles (reference §3.4; Tab. 3, Tab. 10, Fig. 9, App. G.1).
+"""Noise-sample-latent triangles (paper Sec. 3.3, App. B; Tab. 3, Tab. 10, Fig. 9, App. G.1).
 
 Each sample i gives a triangle with vertices noise x_T, image x_0 (sample) and latent x̂_T, each flattened to one
 vector of C*H*W values. Vertex names: "image" (angle_s), "noise" (angle_n), "latent" (angle_l). Float64 throughout.
@@ -49,7 +49,7 @@ def vertex_angles(noise, samples, latents) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def calc_angles(noise, samples, latents) -> dict:
-    """``calc_angles`` parity (quirk 9): per vertex, cosines via F.normalize (norms clamped at 1e-12);
+    """``calc_angles`` parity (upstream quirk): per vertex, cosines via F.normalize (norms clamped at 1e-12);
     ``mean_cossim_{img,noise,latent}`` = degrees(acos(mean cosine)) (not the mean angle) and
     ``std_cossim_*`` = degrees(acos(unbiased std of the cosines)) (meaningless, kept for parity)."""
     dots = _vertex_dots(_per_sample_geometry(noise, samples, latents))
@@ -87,7 +87,7 @@ def angle_histogram(angles) -> np.ndarray:
 
 
 def find_max_prob_triangle(p_l, p_s, p_n) -> tuple[tuple[int, int, int], float]:
-    """``find_max_prob_triangle_angles`` (quirk 10): over bin left edges A (latent), B (image) with C = 180 - A - B
+    """``find_max_prob_triangle_angles`` (upstream): over bin left edges A (latent), B (image) with C = 180 - A - B
     also an edge, maximize p_l[A] * p_s[B] * p_n[C]; A outer, B inner, strict '>' (first maximum wins; a zero
     maximum is an error, upstream returns None). Returns ((A, B, C), probability)."""
     p_l, p_s, p_n = (np.asarray(p, np.float64) for p in (p_l, p_s, p_n))

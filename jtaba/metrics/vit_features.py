@@ -1,4 +1,4 @@
-"""Transformer feature extractors of the perception metrics (reference §3.10, §3.12 G.3) in Flax, as transformers
+"""Transformer feature extractors of the perception metrics (paper Sec. 4.2, App. G.3) in Flax, as transformers
 computes them, and their image preprocessing as upstream runs it (PIL + torchvision), Pillow-exact.
 
 Networks (one pre-LayerNorm transformer ``Encoder`` shared by all three):
@@ -33,7 +33,7 @@ bicubic (a = −0.5) taps over ``support = 2 · max(in/out, 1)`` (antialiased wh
 22-bit fixed-point integers; horizontal pass first, each pass rounded (+2^21, >> 22) and clipped to uint8 — all in
 int32 in JAX (gathers and integer multiply-adds, no float rounding anywhere), so the network input equals
 torchvision's to the last bit (tests assert equality). ``DINO`` = Resize(256) -> CenterCrop(224), ImageNet
-mean/std (§3.10 diversity script); ``CLIP`` = Resize(224) -> CenterCrop(224), CLIP mean/std (``clip`` package
+mean/std (upstream diversity script); ``CLIP`` = Resize(224) -> CenterCrop(224), CLIP mean/std (``clip`` package
 ``preprocess``; HF ``CLIPImageProcessor`` does the same on square images).
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """``run``: sample -> invert -> reconstruct a model in memory, in chunks, atomically, resumably, sharded over every
-device of every process (reference §3.1), writing the upstream file set, the run manifest and metrics.json.
+device of every process (as upstream ``run_*_sampling.py``), writing the
+upstream file set, the run manifest and metrics.json.
 
 Sample i's noise, forward noise and drawn class label depend only on (seed, i): results do not depend on the batch
 size, the device count or the process count (beyond float summation order), and no sample is dropped. Files
@@ -97,7 +98,7 @@ def _inputs(model: Model, s: RunSettings, mfp: str) -> tuple[_Inputs, int]:
 
 
 def _upstream_labels(model: Model, s: RunSettings) -> np.ndarray:
-    """taba's class-name sampling (reference §1.5)."""
+    """taba's class-name sampling (upstream ``taba/models/dit/dit.py``)."""
     from jtaba.class_labels import upstream_class_labels
 
     id2label = model.extras.get("id2label")

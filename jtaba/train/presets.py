@@ -61,7 +61,7 @@ def freeze_flags(flags: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(flags.items()))
 
 
-# reference §1.1 / §3.12: ADM-32 and ADM-64 as trained in the paper's App. G runs.
+# upstream ``guided_diffusion/script_util.py``: ADM-32 and ADM-64 as trained in the paper's App. G runs.
 ADM32_FLAGS = dict(adm.PRESETS["adm32"], dropout=0.3)  # the released ADM-32 architecture, trained with dropout
 ADM64_FLAGS = dict(adm.PRESETS["adm64"])
 

@@ -1,12 +1,13 @@
 """Which training steps get a checkpoint: named schedules, combined with "+".
 
 Items: ``every:N`` (steps divisible by N, including 0), ``at:S1,S2,...``, ``paper_cifar10`` / ``paper_imagenet64``
-(the dense-early extra steps of the paper's runs, ``guided_diffusion/ckpts_utils.py`` ADDITIONAL_SAVESTEPS,
-reference §3.12). The paper's runs used ``every:2500+paper_cifar10`` and ``every:2500+paper_imagenet64``.
+(the dense-early extra steps of the paper's runs, ``guided_diffusion/ckpts_utils.py`` ADDITIONAL_SAVESTEPS).
+The paper's runs used ``every:2500+paper_cifar10`` and ``every:2500+paper_imagenet64``.
 
 Steps are absolute numbers of optimizer updates (a checkpoint at step k holds the model after k updates; step 0 is
-the initialisation). Upstream compared the extra steps with the step count *since the last resume* (reference
-§6.29) and names files one update early (it saves after update k+1 as ``k``); neither quirk is reproduced.
+the initialisation). Upstream compared the extra steps with the step count *since the last resume* (upstream
+``train_util.TrainLoop``) and names files one update early (it saves after update k+1 as ``k``); neither quirk is
+reproduced.
 """
 from __future__ import annotations
 
