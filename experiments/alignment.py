@@ -12,7 +12,8 @@ upstream three: 0, 10, 42), its **EMA** parameters sample one fixed noise set (s
   neighbours of x̃ (self excluded) in the two sets, mean and std (ddof 0) of the counts; ``cka`` = linear CKA of the
   flattened x̃ (biased HSIC, + 1e-6); ``svcca`` = mean of the 10 canonical correlations of the top-10 left singular
   vectors of the standardised x̃ (``jtaba.metrics.svcca(n_components=10, standardize=True)``: exact SVD and CCA;
-  upstream approximated them with ``torch.svd_lowrank(q=10)``, sklearn's iterative ``CCA`` and 1e-10 jitter);
+  upstream approximated them with ``torch.svd_lowrank(q=10)``, sklearn's iterative ``CCA`` and 1e-10 jitter, which
+  ``--svcca-method=upstream`` reproduces with Gaussian test matrices drawn from --seed: lower values, as App. G.3's);
   ``ssim`` / ``psnr`` per image pair on x̃ as upstream (skimage SSIM per channel, data_range 1; ``cv2.PSNR`` with
   R = 255 on the [0, 1] arrays, i.e. 48.13 dB above the standard PSNR, 361.2 dB for identical images), mean and
   std (ddof 0);
@@ -75,6 +76,7 @@ class Options(StandardOptions):
     final: int | None = None
     knn_k: int = 50
     runs_dir: str = "runs"
+    svcca_method: str = "exact"
 
     def __post_init__(self):
         if self.n < SVCCA_COMPONENTS + 1:
@@ -111,6 +113,9 @@ def build_parser():
                         "(default: each run's last saved step; upstream 700,000 for CIFAR-10)")
     p.add_argument("--knn-k", type=int, default=d.knn_k,
                    help="nearest neighbours of the knn overlap (upstream 50; capped at N - 1)")
+    p.add_argument("--svcca-method", choices=("exact", "upstream"), default=d.svcca_method,
+                   help="exact: exact SVD and CCA; upstream: App. G.3's randomized svd_lowrank(q=10, niter=2) and "
+                        "sklearn's iterative CCA with 1e-10 jitter (seeded by --seed)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="float32: true fp32 (matmul precision highest); tf32: fast fp32 on GPUs; bfloat16: network "
                         "compute in bfloat16")
@@ -164,22 +169,24 @@ def mean_std(values, ddof: int = 0) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=ddof))
 
 
-def space_alignment(x, y, k: int, prefix: str = "") -> dict:
+def space_alignment(x, y, k: int, prefix: str = "", svcca_method: str = "exact", seed: int = 0) -> dict:
     """``{prefix}knn_mean/std``, ``{prefix}cka``, ``{prefix}svcca`` of two aligned (N, ...) feature sets."""
     from jtaba.metrics import cka, mutual_knn_counts, svcca
 
     row = dict(zip((f"{prefix}knn_mean", f"{prefix}knn_std"), mean_std(mutual_knn_counts(x, y, k))))
     row[f"{prefix}cka"] = cka(x, y)
-    row[f"{prefix}svcca"] = svcca(x, y, n_components=SVCCA_COMPONENTS, standardize=True)
+    row[f"{prefix}svcca"] = svcca(x, y, n_components=SVCCA_COMPONENTS, standardize=True, method=svcca_method,
+                                  seed=seed)
     return row
 
 
-def compare(ref: dict, cur: dict, k: int) -> dict:
+def compare(ref: dict, cur: dict, k: int, svcca_method: str = "exact", seed: int = 0) -> dict:
     """One row's metrics (module docstring) between the final checkpoint's features ``ref`` and a checkpoint's."""
     from jtaba.metrics import psnr, ssim
     from jtaba.metrics.vit_features import cosine
 
-    row = space_alignment(ref["pixel"], cur["pixel"], k)
+    svcca_kw = {"svcca_method": svcca_method, "seed": seed}
+    row = space_alignment(ref["pixel"], cur["pixel"], k, **svcca_kw)
     row["ssim_mean"], row["ssim_std"] = mean_std(ssim(ref["pixel"], cur["pixel"], upstream=True))
     row["psnr_mean"], row["psnr_std"] = mean_std(psnr(ref["pixel"], cur["pixel"], upstream=True))
     for role in NETWORK_ROLES:
@@ -188,7 +195,7 @@ def compare(ref: dict, cur: dict, k: int) -> dict:
             row[f"{role}_cos_sim_mean"], row[f"{role}_cos_sim_std"] = mean_std(cos, ddof=1)
     for role in FEATURE_SPACES:
         if role in ref:
-            row.update(space_alignment(ref[role], cur[role], k, prefix=f"{role}_"))
+            row.update(space_alignment(ref[role], cur[role], k, prefix=f"{role}_", **svcca_kw))
     return row
 
 
@@ -236,7 +243,9 @@ def checkpoint_plan(opts: Options) -> dict[str, tuple[int, list[int]]]:
 
 
 def default_out(opts: Options) -> str:
-    return os.path.join(opts.runs_dir, "+".join(run_name(r) for r in opts.runs), "alignment", cli.settings_name(opts))
+    parts = ["svcca_upstream"] if opts.svcca_method == "upstream" else []
+    return os.path.join(opts.runs_dir, "+".join(run_name(r) for r in opts.runs), "alignment",
+                        cli.settings_name(opts, *parts))
 
 
 def row_path(out: str, name: str, step: int) -> str:
@@ -262,7 +271,8 @@ def compute(opts: Options, out: str) -> dict:
     k = min(opts.knn_k, opts.n - 1)
     io.claim_settings(os.path.join(out, SETTINGS), {
         "runs": [os.path.abspath(r) for r in opts.runs], "n": opts.n, "steps": opts.steps, "seed": opts.seed,
-        "precision": opts.precision, "finals": {name: final for name, (final, _) in plan.items()}, "knn_k": k})
+        "precision": opts.precision, "finals": {name: final for name, (final, _) in plan.items()}, "knn_k": k,
+        **({"svcca_method": opts.svcca_method} if opts.svcca_method != "exact" else {})})
     todo = {name: [s for s in steps if stored_row(out, name, s, absent) is None]
             for name, (_, steps) in plan.items()}
     total = sum(len(v) for v in todo.values())
@@ -281,7 +291,8 @@ def compute(opts: Options, out: str) -> dict:
             print(f"[{done}/{total}] {name} checkpoint {step}", flush=True)
             run = reference if step == final else samples_run(train_run, step, opts)
             cur = ref if step == final else set_features(run["samples"], nets)
-            row = {"step": step, **compare(ref, cur, k), "run": run.path, "skipped": sorted(absent)}
+            row = {"step": step, **compare(ref, cur, k, opts.svcca_method, opts.seed), "run": run.path,
+                   "skipped": sorted(absent)}
             io.write_json(row_path(out, name, step), row)
     runs = {}
     for train_run in opts.runs:
@@ -291,7 +302,7 @@ def compute(opts: Options, out: str) -> dict:
         rows = [{k_: v for k_, v in r.items() if metric_role(k_) not in absent} for r in rows]
         runs[name] = {"path": os.path.abspath(train_run), "final": final, "rows": rows}
     return {"model": "+".join(runs), "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "knn_k": k, "svcca_components": SVCCA_COMPONENTS, "runs": runs,
+            "knn_k": k, "svcca_components": SVCCA_COMPONENTS, "svcca_method": opts.svcca_method, "runs": runs,
             "aggregate": aggregate({name: r["rows"] for name, r in runs.items()}),
             "skipped": {role: f"no converted {role} network ({role}_* metrics); make it with: {command}"
                         for role, command in skipped.items()}}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from jtaba.metrics.alignment import (batch_min_max, cca_correlations, cka, gram, hsic, knn_indices, mutual_knn,
-                                     mutual_knn_counts, svcca, svd_reduce)
+from jtaba.metrics.alignment import (batch_min_max, cca_correlations, cca_nipals, cka, gram, hsic, knn_indices,
+                                     mutual_knn, mutual_knn_counts, randomized_svcca, svcca, svd_lowrank, svd_reduce)
 
 
 def _sets(n=60, dx=20, dy=30, seed=0):
@@ -243,3 +243,79 @@ def test_batch_min_max_is_whole_batch():
     out = batch_min_max(x)
     assert out.min() == 0.0 and out.max() == 1.0
     np.testing.assert_allclose(out, (x - x.min()) / (x.max() - x.min()), rtol=1e-12)
+
+
+# --- upstream SVCCA (App. G.3): torch.svd_lowrank + sklearn CCA on the same Gaussian test matrices ---
+
+def _power_law_pair(n=48, d=200, seed=13):
+    rng = np.random.default_rng(seed)
+    spectrum = np.arange(1, d + 1) ** -1.0
+    x = rng.normal(size=(n, d)) * spectrum
+    return x, x + 0.5 * rng.normal(size=(n, d)) * spectrum
+
+
+def _upstream_svcca(feats_a, feats_b, cca_dim=10):
+    """upstream ``taba/metrics/alignment.py`` svcca, re-typed (float64 tensors; the jitter from numpy's global RNG)."""
+    import torch
+    from sklearn.cross_decomposition import CCA
+
+    def preprocess(act):
+        act = act - act.mean(dim=0)
+        return act / (act.std(dim=0) + 1e-8)
+
+    u1, _, _ = torch.svd_lowrank(preprocess(feats_a), q=cca_dim)
+    u2, _, _ = torch.svd_lowrank(preprocess(feats_b), q=cca_dim)
+    cca = CCA(n_components=cca_dim)
+    cca.fit(u1.numpy(), u2.numpy())
+    c1, c2 = cca.transform(u1.numpy(), u2.numpy())
+    c1 += 1e-10 * np.random.randn(*c1.shape)
+    c2 += 1e-10 * np.random.randn(*c2.shape)
+    return np.mean([np.corrcoef(c1[:, i], c2[:, i])[0, 1] for i in range(cca_dim)])
+
+
+def test_svd_lowrank_matches_torch_given_its_gaussian():
+    torch = pytest.importorskip("torch")
+    x, _ = _power_law_pair()
+    for a in (x, x.T.copy()):  # wide (torch transposes it) and tall
+        torch.manual_seed(5)
+        gaussian = torch.randn(min(a.shape), 10, dtype=torch.float64).numpy()
+        torch.manual_seed(5)
+        ref = [t.numpy() for t in torch.svd_lowrank(torch.from_numpy(a), q=10)]
+        u, s, v = svd_lowrank(a, 10, gaussian=gaussian)
+        np.testing.assert_allclose(s, ref[1], rtol=1e-12)
+        signs = np.sign(np.sum(u * ref[0], axis=0))  # LAPACK drivers may flip singular-vector pairs
+        np.testing.assert_allclose(u * signs, ref[0], atol=1e-12)
+        np.testing.assert_allclose(v * signs, ref[2], atol=1e-12)
+
+
+def test_cca_nipals_matches_sklearn():
+    cross = pytest.importorskip("sklearn.cross_decomposition")
+    x, y = _sets(n=40, dx=10, dy=10, seed=14)
+    ref = cross.CCA(n_components=6).fit(x, y).transform(x, y)
+    for ours, theirs in zip(cca_nipals(x, y, 6), ref):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10)
+
+
+def test_svcca_upstream_matches_torch_and_sklearn():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    x, y = _power_law_pair()
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        gaussians = [torch.randn(48, 10, dtype=torch.float64).numpy() for _ in range(2)]
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        ref = _upstream_svcca(torch.from_numpy(x), torch.from_numpy(y))
+        std = (_standardize_ddof1(x), _standardize_ddof1(y))
+        assert randomized_svcca(*std, 10, gaussians=gaussians) == pytest.approx(ref, abs=1e-8)
+    # Randomized and iterative: below the exact value on this slowly decaying spectrum, and seed-dependent.
+    exact = svcca(x, y, n_components=10, standardize=True)
+    upstream = [svcca(x, y, n_components=10, standardize=True, method="upstream", seed=s) for s in range(3)]
+    assert max(upstream) < exact and len(set(upstream)) == 3
+    with pytest.raises(ValueError, match="n_components"):
+        svcca(x, y, method="upstream")
+
+
+def _standardize_ddof1(f):
+    f = f - f.mean(axis=0)
+    return f / (f.std(axis=0, ddof=1) + 1e-8)

@@ -140,13 +140,127 @@ def cca_correlations(a, b) -> np.ndarray:
     return np.clip(np.linalg.svd(qa.T @ qb, compute_uv=False), 0.0, 1.0)
 
 
-def svcca(x, y, *, keep_variance: float = 0.99, n_components: int | None = None,
-          standardize: bool = False) -> float:
+def svd_lowrank(a, q: int, *, niter: int = 2, gaussian=None, rng: np.random.Generator | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``torch.svd_lowrank(a, q, niter)`` (Halko et al. 2009, Alg. 4.4 + 5.1) in float64 numpy: (U (m, q), S (q,),
+    V (n, q)) of the (m, n) matrix ``a``. A wide ``a`` is transposed first, as torch does; the Gaussian test matrix
+    has shape (min(m, n), q): ``gaussian`` if given (torch draws ``torch.randn(min(m, n), q)``), else drawn from
+    ``rng``. Randomized: the columns approximate the top-q singular vectors (exact when rank(a) <= q)."""
+    a = np.asarray(a, np.float64)
+    m, n = a.shape
+    tall = a if m >= n else a.T
+    if gaussian is None:
+        gaussian = (rng or np.random.default_rng(0)).standard_normal((tall.shape[1], q))
+    gaussian = np.asarray(gaussian, np.float64)
+    if gaussian.shape != (tall.shape[1], q):
+        raise ValueError(f"gaussian must have shape {(tall.shape[1], q)}, got {gaussian.shape}")
+    basis = np.linalg.qr(tall @ gaussian)[0]
+    for _ in range(niter):  # subspace iterations
+        basis = np.linalg.qr(tall.T @ basis)[0]
+        basis = np.linalg.qr(tall @ basis)[0]
+    u, s, vh = np.linalg.svd(basis.T @ tall, full_matrices=False)
+    u = basis @ u
+    return (u, s, vh.T) if m >= n else (vh.T, s, u)
+
+
+def _pinv_rank_cut(a: np.ndarray) -> np.ndarray:
+    """Pseudo-inverse dropping singular values <= max(s)·1e6·eps (scipy's old ``pinv2``, as sklearn's CCA)."""
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    rank = int(np.sum(s > s.max() * 1e6 * np.finfo(np.float64).eps))
+    return (u[:, :rank] / s[:rank] @ vh[:rank]).T
+
+
+def _centre_scale(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = f.mean(axis=0)
+    std = f.std(axis=0, ddof=1)
+    std[std == 0.0] = 1.0
+    return (f - mean) / std, mean, std
+
+
+def cca_nipals(a, b, n_components: int, *, max_iter: int = 500, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(N, n_components) x and y scores of sklearn's ``CCA(n_components).fit(a, b).transform(a, b)`` (scale=True):
+    per component, NIPALS power iterations in mode B (weights through the pseudo-inverses of the deflated sets,
+    stopped when the squared change of the x weights is below ``tol`` or after ``max_iter``), sign fixed so the
+    largest |x weight| is positive, canonical deflation of both sets; scores = the standardised inputs times the
+    rotations W (Pᵀ W)⁺. Float64; iterative, so the correlations approximate the exact canonical ones."""
+    a, b = _pair(a, b)
+    if not 1 <= n_components <= min(a.shape[0], a.shape[1], b.shape[1]):
+        raise ValueError(f"n_components must be in [1, min(N, ka, kb)], got {n_components}")
+    xk, x_mean, x_std = _centre_scale(a)
+    yk, y_mean, y_std = _centre_scale(b)
+    eps = np.finfo(np.float64).eps
+    x_w_all, x_load_all = np.zeros((a.shape[1], n_components)), np.zeros((a.shape[1], n_components))
+    y_w_all, y_load_all = np.zeros((b.shape[1], n_components)), np.zeros((b.shape[1], n_components))
+    for k in range(n_components):
+        yk[:, np.all(np.abs(yk) < 10 * eps, axis=0)] = 0.0
+        nonzero = [col for col in yk.T if np.any(np.abs(col) > eps)]
+        if not nonzero:  # sklearn warns "y residual is constant" and stops; the rest stay zero
+            break
+        y_score, x_pinv, y_pinv, x_old = nonzero[0], _pinv_rank_cut(xk), _pinv_rank_cut(yk), 100.0
+        for _ in range(max_iter):
+            x_w = x_pinv @ y_score
+            x_w /= np.sqrt(x_w @ x_w) + eps
+            x_score = xk @ x_w
+            y_w = y_pinv @ x_score
+            y_w /= np.sqrt(y_w @ y_w) + eps
+            y_score = yk @ y_w / (y_w @ y_w + eps)
+            diff = x_w - x_old
+            if diff @ diff < tol or yk.shape[1] == 1:
+                break
+            x_old = x_w
+        sign = np.sign(x_w[np.argmax(np.abs(x_w))])
+        x_w, y_w = x_w * sign, y_w * sign
+        x_score, y_score = xk @ x_w, yk @ y_w
+        x_load, y_load = x_score @ xk / (x_score @ x_score), y_score @ yk / (y_score @ y_score)
+        xk, yk = xk - np.outer(x_score, x_load), yk - np.outer(y_score, y_load)
+        x_w_all[:, k], x_load_all[:, k], y_w_all[:, k], y_load_all[:, k] = x_w, x_load, y_w, y_load
+    x_rot = x_w_all @ np.linalg.pinv(x_load_all.T @ x_w_all)
+    y_rot = y_w_all @ np.linalg.pinv(y_load_all.T @ y_w_all)
+    return (a - x_mean) / x_std @ x_rot, (b - y_mean) / y_std @ y_rot
+
+
+def randomized_svcca(x, y, n_components: int, *, seed: int = 0, gaussians=None) -> float:
+    """Upstream's SVCCA core on already standardised (N, Dx), (N, Dy) features: U of ``svd_lowrank(q=n_components)``
+    of each set, ``cca_nipals``, 1e-10 Gaussian jitter on the scores, mean of the per-component Pearson
+    correlations. ``gaussians`` = the two test matrices (torch draws them in this order), else drawn from ``seed``,
+    which also draws the jitter."""
+    xf, yf = _pair(x, y)
+    rng = np.random.default_rng(seed)
+    g1, g2 = gaussians if gaussians is not None else (None, None)
+    u1 = svd_lowrank(xf, n_components, gaussian=g1, rng=rng)[0]
+    u2 = svd_lowrank(yf, n_components, gaussian=g2, rng=rng)[0]
+    s1, s2 = cca_nipals(u1, u2, n_components)
+    s1 = s1 + 1e-10 * rng.standard_normal(s1.shape)  # upstream's jitter (keeps corrcoef defined for zero scores)
+    s2 = s2 + 1e-10 * rng.standard_normal(s2.shape)
+    return float(np.mean([np.corrcoef(s1[:, i], s2[:, i])[0, 1] for i in range(n_components)]))
+
+
+SVCCA_METHODS = ("exact", "upstream")
+
+
+def svcca(x, y, *, keep_variance: float = 0.99, n_components: int | None = None, standardize: bool = False,
+          method: str = "exact", seed: int = 0) -> float:
     """Mean canonical correlation of the SVD-reduced sets (see module docstring; upstream:
-    ``n_components=10, standardize=True``)."""
+    ``n_components=10, standardize=True``).
+
+    ``method="exact"``: exact SVD (k directions as U_k·s_k) and exact canonical correlations. ``method="upstream"``
+    (App. G.3 as upstream ``taba/metrics/alignment.py`` computed it; needs ``n_components``): the left vectors U
+    (unscaled) of the randomized ``svd_lowrank(q=n_components, niter=2)`` with Gaussian test matrices from
+    ``seed``, then sklearn's iterative CCA (``cca_nipals``), 1e-10 Gaussian jitter on the scores and the mean of the
+    per-component Pearson correlations. It differs from the exact value because the randomized basis only
+    approximates the top-q subspace (2 subspace iterations: on slowly decaying spectra the kept directions mix in
+    lower ones) and NIPALS stops at a tolerance; it is typically lower (App. G.3's numbers sit below the exact ones)
+    and varies with the seed as upstream's varied run to run. Float64 throughout (upstream: float32 features and
+    SVD, float64 CCA)."""
+    if method not in SVCCA_METHODS:
+        raise ValueError(f"method must be one of {SVCCA_METHODS}, got {method!r}")
     xf, yf = _pair(x, y)
     if standardize:
         xf, yf = _standardize(xf), _standardize(yf)
+    if method == "upstream":
+        if n_components is None:
+            raise ValueError("method='upstream' needs n_components (upstream: 10)")
+        return randomized_svcca(xf, yf, n_components, seed=seed)
     kw = {"keep_variance": keep_variance, "n_components": n_components}
     return float(np.mean(cca_correlations(svd_reduce(xf, **kw), svd_reduce(yf, **kw))))
 
