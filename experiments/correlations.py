@@ -32,9 +32,10 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import correlations as analysis
 from jtaba.runs import StandardOptions
 
-ROWS = ("noise", "latents", "samples")  # paper column order of Tab. 2 (noise, latent, sample)
+ROWS = analysis.ROWS
 LABELS = {"noise": r"noise $x_T$", "latents": r"latent $\hat{x}_T$", "samples": r"sample $x_0$",
           "null": "null (fresh Gaussian)"}
 
@@ -68,99 +69,12 @@ def options_from_args(args) -> Options:
     return cli.options_from_args(Options, args)
 
 
-def _patch_grid(height: int, width: int, patch: int):
-    """(i, j, ph, pw) of the non-overlapping patches, row-major (border patches may be smaller)."""
-    for i in range(0, height, patch):
-        for j in range(0, width, patch):
-            yield i, j, min(patch, height - i), min(patch, width - j)
-
-
-def _pool(parts: list[tuple[int, float, float]]) -> dict:
-    """Mean and unbiased std of the concatenation of groups given as (count, mean, unbiased std)."""
-    if not parts:
-        return {"mean": 0, "std": 0}  # no patch with two features (as the metric)
-    k = np.array([p[0] for p in parts], np.float64)
-    m = np.array([p[1] for p in parts], np.float64)
-    s = np.array([p[2] if p[0] > 1 else 0.0 for p in parts], np.float64)
-    total = k.sum()
-    mean = (k * m).sum() / total
-    ss = ((k - 1) * s ** 2).sum() + (k * (m - mean) ** 2).sum()
-    return {"mean": float(mean), "std": float(np.sqrt(ss / (total - 1))) if total > 1 else float("nan")}
-
-
-def patch_correlation(blocks) -> dict:
-    """The patch-correlation metric (patch 8, top 20) of an array given as its patches: ``blocks`` yields each
-    patch (N, C, ph, pw); every patch goes through ``jtaba.metrics.top_k_corr_in_patches`` alone and the per-patch
-    mean / std are pooled exactly, so only one patch is in memory (memmaps, float16 casts, patch-wise null draws)."""
-    from jtaba.metrics import top_k_corr_in_patches
-    from jtaba.metrics.core import CORRELATION_PATCH, CORRELATION_TOP_K
-
-    parts = []
-    for b in blocks:
-        d = int(np.prod(b.shape[1:]))
-        if d < 2:
-            continue
-        r = top_k_corr_in_patches(b, patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K)
-        parts.append((min(CORRELATION_TOP_K, d * (d - 1) // 2), r["mean"], r["std"]))
-    return _pool(parts)
-
-
-def array_correlation(x, fp16: bool = False) -> dict:
-    """``patch_correlation`` of an (N, C, H, W) array (memmap), optionally rounded to float16 patch by patch."""
-    from jtaba.metrics.core import CORRELATION_PATCH
-
-    x = np.asarray(x)  # a view for memmaps: patches are read one at a time
-    if x.ndim != 4:
-        raise ValueError(f"expected (N, C, H, W), got shape {x.shape}")
-
-    def blocks():
-        for i, j, ph, pw in _patch_grid(x.shape[2], x.shape[3], CORRELATION_PATCH):
-            b = np.asarray(x[:, :, i:i + ph, j:j + pw])
-            yield b.astype(np.float16) if fp16 else b
-
-    return patch_correlation(blocks())
-
-
-def null_correlation(shape, sets: int, seed: int = 0, fp16: bool = False) -> dict:
-    """The null row: ``sets`` standard Gaussian arrays of ``shape`` (N, C, H, W), drawn from one
-    ``np.random.default_rng(seed)`` set after set, patch by patch in row-major patch order (each patch
-    ``rng.standard_normal((N, C, ph, pw))`` float64, rounded to float16 with ``fp16``). Returns {"mean", "std"}
-    (means over sets of each set's mean / std), "mean_sd", "std_sd" (unbiased sd over sets; None for one set)
-    and "sets" (each set's {mean, std})."""
-    from jtaba.metrics.core import CORRELATION_PATCH
-
-    n, c, h, w = shape
-    rng = np.random.default_rng(seed)
-
-    def blocks():
-        for i, j, ph, pw in _patch_grid(h, w, CORRELATION_PATCH):
-            b = rng.standard_normal((n, c, ph, pw))
-            yield b.astype(np.float16) if fp16 else b
-
-    per_set = [patch_correlation(blocks()) for _ in range(sets)]
-    means = np.array([r["mean"] for r in per_set], np.float64)
-    stds = np.array([r["std"] for r in per_set], np.float64)
-    sd = (lambda v: float(v.std(ddof=1)) if v.size > 1 else None)
-    return {"mean": float(means.mean()), "std": float(stds.mean()), "mean_sd": sd(means), "std_sd": sd(stds),
-            "sets": per_set}
-
-
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then the correlation rows and the null row."""
-    from jtaba.metrics.core import CORRELATION_PATCH, CORRELATION_TOP_K
-
     run = ws.run(opts.run_settings())
-    rows = {k: array_correlation(run[k], opts.upstream_fp16) for k in ROWS}
-    result = {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-              "run": run.path, "patch_size": CORRELATION_PATCH, "top_k": CORRELATION_TOP_K,
-              "upstream_fp16": opts.upstream_fp16, "null_sets": opts.null_sets, "null_seed": opts.null_seed,
-              "correlation": rows, "null": None, "z_vs_null": None}
-    if opts.null_sets > 0:
-        null = null_correlation(run["noise"].shape, opts.null_sets, opts.null_seed, opts.upstream_fp16)
-        result["null"] = null
-        if null["mean_sd"]:
-            result["z_vs_null"] = {k: (rows[k]["mean"] - null["mean"]) / null["mean_sd"] for k in ROWS}
-    return result
+    table = analysis.of_run(run, null_sets=opts.null_sets, null_seed=opts.null_seed, fp16=opts.upstream_fp16)
+    return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
+            "run": run.path, **table.to_json()}
 
 
 def csv_rows(result: dict) -> list[dict]:

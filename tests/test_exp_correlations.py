@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import correlations
+from jtaba.analyses import correlations as analysis
 from tests.test_exp_triangles import BATCH, SHAPE, STEPS, save_tiny_checkpoint
 
 
@@ -58,28 +59,28 @@ def correlated(n, c, h, w, seed=0):
 @pytest.mark.parametrize("fp16", [False, True])
 def test_array_correlation_matches_upstream_with_border_patches(fp16):
     x = correlated(40, 3, 12, 12)  # patches 8x8, 8x4, 4x8, 4x4
-    got = correlations.array_correlation(x, fp16=fp16)
+    got = analysis.array_correlation(x, fp16=fp16)
     want = upstream_top_k_corr_in_patches(x.astype(np.float16) if fp16 else x)
-    np.testing.assert_allclose([got["mean"], got["std"]], [want["mean"], want["std"]], rtol=1e-10)
-    assert got["mean"] > 0.9  # the shared field makes channels almost perfectly correlated
+    np.testing.assert_allclose([got.mean, got.std], [want["mean"], want["std"]], rtol=1e-10)
+    assert got.mean > 0.9  # the shared field makes channels almost perfectly correlated
 
 
 def test_null_row_redrawn_and_gaussian_noise_inside_it():
     shape = (64, 3, 16, 16)
-    null = correlations.null_correlation(shape, sets=4, seed=3)
+    null = analysis.null_correlation(shape, sets=4, seed=3)
     want = oracle_null(shape, 4, 3)
-    for got, w in zip(null["sets"], want):
-        np.testing.assert_allclose([got["mean"], got["std"]], [w["mean"], w["std"]], rtol=1e-10)
+    for got, w in zip(null.sets, want):
+        np.testing.assert_allclose([got.mean, got.std], [w["mean"], w["std"]], rtol=1e-10)
     means = np.array([w["mean"] for w in want])
-    assert null["mean"] == pytest.approx(means.mean(), rel=1e-10)
-    assert null["mean_sd"] == pytest.approx(means.std(ddof=1), rel=1e-8)
-    assert null["std"] == pytest.approx(np.mean([w["std"] for w in want]), rel=1e-10)
+    assert null.mean == pytest.approx(means.mean(), rel=1e-10)
+    assert null.mean_sd == pytest.approx(means.std(ddof=1), rel=1e-8)
+    assert null.std == pytest.approx(np.mean([w["std"] for w in want]), rel=1e-10)
     # known answer: an independent Gaussian set lies within a few null sds; correlated data far above
-    gauss = correlations.array_correlation(np.random.default_rng(99).standard_normal(shape))
-    assert abs(gauss["mean"] - null["mean"]) < 5 * null["mean_sd"]
-    assert correlations.array_correlation(correlated(*shape))["mean"] > null["mean"] + 20 * null["mean_sd"]
-    single = correlations.null_correlation(shape, sets=1, seed=3)
-    assert single["mean_sd"] is None and single["sets"][0] == null["sets"][0]
+    gauss = analysis.array_correlation(np.random.default_rng(99).standard_normal(shape))
+    assert abs(gauss.mean - null.mean) < 5 * null.mean_sd
+    assert analysis.array_correlation(correlated(*shape)).mean > null.mean + 20 * null.mean_sd
+    single = analysis.null_correlation(shape, sets=1, seed=3)
+    assert single.mean_sd is None and single.sets[0] == null.sets[0]
 
 
 @pytest.mark.slow
