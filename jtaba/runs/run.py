@@ -199,7 +199,7 @@ def _batch(model: Model, s: RunSettings, inputs: _Inputs, put, start: int, stop:
 
 
 def _compute(model: Model, s: RunSettings, inputs: _Inputs, n: int, st, done, class_cond: bool,
-             progress: bool, mesh) -> None:
+             progress: bool, mesh, desc: str) -> None:
     from tqdm import tqdm
 
     model = replicate(model, sharding.replicated(mesh))
@@ -211,7 +211,7 @@ def _compute(model: Model, s: RunSettings, inputs: _Inputs, n: int, st, done, cl
 
     main = jax.process_index() == 0
     bar = tqdm(total=n, initial=int(done.sum()), unit="sample", disable=not (main and progress),
-               dynamic_ncols=True, desc="sample/invert")
+               dynamic_ncols=True, desc=desc)
     for start, stop in pending_ranges(done, s.batch):
         res = _batch(model, s, inputs, put, start, stop, class_cond)
         arrays = {}
@@ -253,14 +253,14 @@ def _with_schedule(model: Model, s: RunSettings) -> Model:
 
 def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root: str = "runs",
         tag: str = "model", reuse: bool = True, command: Optional[Sequence[str]] = None,
-        progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None) -> Run:
+        progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None, desc: str = "sample/invert") -> Run:
     """Compute (or resume, or reuse) the run of ``model`` with ``settings``; returns the finished ``Run``.
 
     ``out``: the run folder (a folder holding another run is refused). Without it, a finished run under ``root``
     that serves these settings (same model and input fingerprints and settings, possibly recording more) is
     reused when ``reuse``; otherwise the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>``, where
     an interrupted run of the same settings resumes. ``command`` (argv) is recorded in metrics.json; ``mesh``: a
-    1-D data mesh (default: every device of every process)."""
+    1-D data mesh (default: every device of every process); ``desc`` labels the progress bar."""
     settings.check()
     model = _with_schedule(model, settings)
     mfp = model_digest(model)
@@ -276,7 +276,7 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
     st, done = _open_store(out, ident, n)
     try:
         if not done.all():
-            _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh())
+            _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh(), desc)
         if jax.process_index() == 0:
             st.finalize()
             result = Run(out)
@@ -295,12 +295,16 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Workspace:
-    """A model and where its runs live: what an analysis needs to get runs (computed, resumed or reused)."""
+    """A model and where its runs live: what an analysis needs to get runs (computed, resumed or reused).
+    ``label`` names the analysis in the progress bars ("triangles: run T=50")."""
     model: Model
     tag: str = "model"
     root: str = "runs"
     reuse: bool = True
     progress: bool = True
+    label: str = "sample/invert"
 
-    def run(self, settings: RunSettings) -> Run:
-        return run(self.model, settings, root=self.root, tag=self.tag, reuse=self.reuse, progress=self.progress)
+    def run(self, settings: RunSettings, what: str = "run") -> Run:
+        """The run of ``settings``; ``what`` says which of the analysis's runs it is, for the progress bar."""
+        return run(self.model, settings, root=self.root, tag=self.tag, reuse=self.reuse, progress=self.progress,
+                   desc=f"{self.label}: {what} T={settings.steps}")
