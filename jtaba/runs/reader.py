@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Optional
+import sys
 
 import numpy as np
 
 from jtaba import io
 from jtaba.runs.fingerprint import settings_digest
 from jtaba.runs.settings import serves
-from jtaba.runs.store import MANIFEST
+from jtaba.runs.store import MANIFEST, final_file_problem
 
 METRICS = "metrics.json"
 
@@ -19,12 +19,19 @@ class RunNotFinished(FileNotFoundError):
     """A folder holds no finished run."""
 
 
+class RunDamaged(RunNotFinished):
+    """A finished run's final file is missing or differs from what was written (size / sha256)."""
+
+
 class Run:
     """A finished run folder: ``run["latents"]`` is the (N, C, H, W) memory map of latents.npy, trajectories
     ``run["all_t_samples"]`` are (T, N, C, H, W); ``identity`` is what the run was computed from (model and input
-    fingerprints and every setting), ``fingerprint`` its digest, ``metrics`` the core metrics of metrics.json."""
+    fingerprints and every setting), ``fingerprint`` its digest, ``metrics`` the core metrics of metrics.json.
 
-    def __init__(self, path: str):
+    The final files are verified against the sizes and sha256 recorded when they were written (``verify``; cached
+    against file size and mtime) unless ``verify=False``; ``RunDamaged`` names a file that differs."""
+
+    def __init__(self, path: str, verify: bool = True):
         self.path = os.path.abspath(path)
         manifest = os.path.join(self.path, MANIFEST)
         if not os.path.exists(manifest):
@@ -36,6 +43,8 @@ class Run:
         self.files: dict = m.get("files", {})
         self.n: int = int(m["n"])
         self.fingerprint = settings_digest(self.identity)
+        if verify:
+            self.verify()
 
     @property
     def steps(self) -> int:
@@ -53,18 +62,16 @@ class Run:
             raise KeyError(f"{self.path} has no {name}.npy (it has: {', '.join(self.names)})")
         return np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r")
 
-    def get(self, name: str) -> Optional[np.ndarray]:
-        return self[name] if name in self else None
+    def get(self, name: str) -> np.ndarray | None:
+        return self[name] if name in self else None  # noqa: SIM401 (this is get)
 
     def verify(self) -> None:
-        """Re-hash every final file against the sizes and checksums recorded when it was written."""
-        from jtaba.runs.store import file_record
-
-        for name, rec in self.files.items():
-            path = os.path.join(self.path, name)
-            if not os.path.exists(path) or file_record(path) != rec:
-                raise RunNotFinished(f"{path} is missing or changed since it was written (size / checksum); delete "
-                                     f"{self.path} to compute the run again")
+        """Check every final file against the size and sha256 recorded when it was written (a file unchanged since
+        its last successful check, same size, mtime and inode, is not hashed again)."""
+        problem = final_file_problem(self.path, self.files)
+        if problem is not None:
+            raise RunDamaged(f"{problem[0]} is damaged ({problem[1]}); rerun the command that computed "
+                             f"{self.path} to compute it again")
 
     @property
     def metrics(self) -> dict:
@@ -76,19 +83,26 @@ class Run:
 
 
 def open_run(path: str) -> Run:
+    """The finished, verified run in ``path`` (``RunNotFinished`` / ``RunDamaged`` otherwise)."""
     return Run(path)
 
 
-def find_run(root: str, identity: dict) -> Optional[Run]:
+def find_run(root: str, identity: dict) -> Run | None:
     """A finished run anywhere under ``root`` that serves ``identity``, else None; of several, the one that holds
-    the least beyond the request."""
+    the least beyond the request. Only runs that serve are verified; a damaged one is named on stderr and passed
+    over."""
     found = []
     for manifest in sorted(glob.glob(os.path.join(glob.escape(root), "**", MANIFEST), recursive=True)):
         try:
-            run = Run(os.path.dirname(manifest))
+            run = Run(os.path.dirname(manifest), verify=False)
+            if not serves(run.identity, identity):
+                continue
+            run.verify()
+        except RunDamaged as e:
+            print(f"jtaba: not reused: {e}", file=sys.stderr, flush=True)
+            continue
         except (RunNotFinished, ValueError, KeyError):
             continue
-        if serves(run.identity, identity):
-            found.append(run)
+        found.append(run)
     return min(found, key=lambda r: sum(bool(r.identity[k]) for k in ("record", "inversion", "reconstruction")),
                default=None)

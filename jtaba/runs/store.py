@@ -9,9 +9,15 @@ memory map (a (T, N, C, H, W) trajectory never sits in RAM), renames each file i
 
 The store checks itself: each chunk records the size and sha256 of its files (``chunk.json``, files fsynced before
 the rename); on resume a chunk that is truncated, zeroed or altered is named on stderr and recomputed; the final
-files' sizes and checksums go into the manifest (checked on reopening, ``verify`` re-hashes them); free space is
-checked before the final files are written; a lock file (``DIR/.lock``: pid and host) keeps a second run out of
-the folder while one is active.
+files' sizes and sha256 go into the manifest (hashed while they are concatenated, no second pass) and are verified
+before a finished run is reused (a damaged file is named and the run computed again); free space is checked before
+the final files are written. A lock file (``DIR/.lock``: pid, host and the run's key) is taken before anything in
+the folder is read or written, so a second command never touches a folder while a run writes it: one computing
+the same run waits for it, any other is refused and changes nothing.
+
+Verification is cached outside the run folder (``$JTABA_HOME/verified/``) against each file's size, mtime and
+inode, so a large finished run is hashed once, not on every read; the final files' mtimes are set a few seconds
+into the past when written, so that a change within the file system's clock resolution still changes the mtime.
 
 The per-sample axis of an array is 1 for trajectories (names starting with ``all_t_``: (T, N, C, H, W)) and 0 for
 everything else ((N, C, H, W), (N,)); arrays keep the dtype they are written with.
@@ -24,15 +30,20 @@ import os
 import shutil
 import socket
 import sys
+import time
 
 import numpy as np
 
-from jtaba import io
+from jtaba import home, io
 
 MANIFEST = ".jtaba_run.json"
 CHUNKS = ".chunks"
 CHUNK_INDEX = "chunk.json"
 LOCK = ".lock"
+# A finished run's final files get mtime = now - MTIME_BACKDATE_NS, so any later write gives them another mtime.
+MTIME_BACKDATE_NS = 3_000_000_000
+# A command that finds its run being computed by another process waits this long for it (then it is refused).
+SAME_RUN_WAIT_S = 12 * 3600.0
 
 
 class RunMismatch(ValueError):
@@ -85,61 +96,171 @@ def _pid_alive(pid: int) -> bool:
 
 
 class FolderLock:
-    """``DIR/.lock`` holding "pid host" while a run writes the folder. A lock left by a dead process of this host
-    (kill -9) or by this process is taken over; another live holder is refused with its pid and host."""
+    """``DIR/.lock`` holding "pid host key" while a run writes the folder. A lock left by a dead process of this host
+    (kill -9), by this process, or an empty / unreadable one older than a second (a process killed while creating
+    it) is taken over. A live holder computing the same run (same ``key``) is waited for, polling, up to
+    ``wait_s`` seconds (with one message on stderr); any other live holder is refused with its pid and host."""
 
-    def __init__(self, directory: str):
+    POLL_S = 0.5
+
+    def __init__(self, directory: str, key: str = "", wait_s: float = 0.0):
         self.path = os.path.join(directory, LOCK)
-        me = f"{os.getpid()} {socket.gethostname()}"
+        me = f"{os.getpid()} {socket.gethostname()} {key}".strip()
+        deadline = time.monotonic() + wait_s
+        waiting = False
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 holder = self._holder()
-                if holder is None:
+                if holder is None:  # released meanwhile
                     continue
-                pid, host = holder
+                pid, host, theirs = holder
+                if pid is None:  # empty or garbled: being written right now, or left by a killed process
+                    if self._age() > 1.0:
+                        self._remove()
+                    else:
+                        time.sleep(0.05)
+                    continue
                 if host == socket.gethostname() and (pid == os.getpid() or not _pid_alive(pid)):
-                    os.remove(self.path)
+                    self._remove()
                     continue
-                raise RunMismatch(f"{directory} is in use by process {pid} on {host} (a run is writing it); wait "
+                if key and theirs == key and time.monotonic() < deadline:
+                    if not waiting:
+                        print(f"jtaba: process {pid} on {host} is computing this same run in {directory}; waiting "
+                              f"for it to finish (then its result is used)", file=sys.stderr, flush=True)
+                        waiting = True
+                    time.sleep(self.POLL_S)
+                    continue
+                what = "this same run" if key and theirs == key else "another run"
+                raise RunMismatch(f"{directory} is in use by process {pid} on {host} ({what} is writing it); wait "
                                   f"for it, or delete {self.path} if no run is active")
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             return
 
+    def _age(self) -> float:
+        try:
+            return time.time() - os.path.getmtime(self.path)
+        except FileNotFoundError:
+            return 0.0
+
+    def _remove(self) -> None:
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
     def _holder(self):
+        """(pid, host, key) of the lock; (None, None, None) when it is empty or garbled; None when it is gone."""
         try:
             with open(self.path) as f:
-                pid, host = f.read().split(" ", 1)
-            return int(pid), host
+                parts = f.read().split(" ")
+            return int(parts[0]), parts[1], (parts[2] if len(parts) > 2 else "")
         except FileNotFoundError:
             return None
-        except ValueError:  # a lock being written right now, or debris: treat as held by a dead process
-            return -1, socket.gethostname()
+        except (ValueError, IndexError):
+            return None, None, None
 
     def release(self) -> None:
         holder = self._holder()
         if holder is not None and holder[0] == os.getpid():
-            os.remove(self.path)
+            self._remove()
 
 
 def _canonical(params: dict) -> dict:
     return json.loads(json.dumps(params, sort_keys=True))
 
 
+def run_key(params: dict, n: int) -> str:
+    """A short digest of (params, n): what a run folder's lock says it computes."""
+    text = json.dumps({"params": _canonical(params), "n": int(n)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _verified_cache(directory: str) -> str:
+    key = hashlib.sha256(os.path.realpath(directory).encode()).hexdigest()[:32]
+    return os.path.join(home.jtaba_home(), "verified", key + ".json")
+
+
+def final_file_problem(directory: str, files: dict) -> tuple[str, str] | None:
+    """(path, what is wrong) of the first final file of a finished run whose size or sha256 differs from
+    ``files`` ({name: {"size", "sha256"}}, the manifest's), else None. A file whose (size, mtime, inode) match an
+    earlier successful check (cached under the jtaba home) is not hashed again."""
+    cache_path = _verified_cache(directory)
+    try:
+        cache = io.read_json(cache_path)
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    for name, rec in sorted(files.items()):
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return path, "missing"
+        if st.st_size != rec["size"]:
+            return path, f"{st.st_size} bytes, {rec['size']} were written"
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, rec["sha256"]]
+        if cache.get(name) == stamp:
+            continue
+        if file_record(path)["sha256"] != rec["sha256"]:
+            return path, "changed since it was written: checksum differs"
+        if time.time_ns() - st.st_mtime_ns > MTIME_BACKDATE_NS // 2:  # a later write changes the mtime
+            cache[name], changed = stamp, True
+    if changed:
+        try:
+            io.write_json(cache_path, cache)
+        except OSError:  # a read-only home: verify again next time
+            pass
+    return None
+
+
+def _remember_verified(directory: str, files: dict) -> None:
+    """Cache the check of final files just written (their content is what was hashed)."""
+    cache = {}
+    for name, rec in files.items():
+        st = os.stat(os.path.join(directory, name))
+        cache[name] = [st.st_size, st.st_mtime_ns, st.st_ino, rec["sha256"]]
+    try:
+        io.write_json(_verified_cache(directory), cache)
+    except OSError:
+        pass
+
+
+def byte_size(n: int) -> str:
+    """``n`` bytes in words: "512 bytes", "3.4 MiB", "1.25 GiB"."""
+    if n < 1 << 20:
+        return f"{n:,} bytes"
+    return f"{n / 2**20:.1f} MiB" if n < 1 << 30 else f"{n / 2**30:.2f} GiB"
+
+
 class RunStore:
     """Result files of one run of ``n`` samples in ``directory``, identified by ``params`` (JSON-able: everything
-    that changes the results; not the batch size, device count or output path)."""
+    that changes the results; not the batch size, device count or output path).
 
-    def __init__(self, directory: str, params: dict, n: int):
+    The folder lock is taken first (``wait_s``: how long to wait for another process computing this same run). A
+    finished run whose final files fail verification is named on stderr and computed again, as is any finished run
+    with ``recompute``; chunks of an unfinished run are kept (resumed) either way."""
+
+    def __init__(self, directory: str, params: dict, n: int, *, wait_s: float = 0.0, recompute: bool = False):
         self.directory = os.path.abspath(directory)
         self.n = int(n)
         self.params = _canonical(params)
         self.chunk_dir = os.path.join(self.directory, CHUNKS)
-        manifest = os.path.join(self.directory, MANIFEST)
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise RunMismatch(f"{self.directory} is a file, not a run folder")
+        os.makedirs(self.directory, exist_ok=True)
+        self.lock = FolderLock(self.directory, run_key(self.params, self.n), wait_s)
+        try:
+            self._open(recompute)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, recompute: bool) -> None:
+        """Read or write the manifest (the lock is held) and clean the chunks."""
+        manifest = os.path.join(self.directory, MANIFEST)
         if os.path.exists(manifest):
             old = io.read_json(manifest)
             same = old["params"] == self.params and old["n"] == self.n
@@ -148,26 +269,44 @@ class RunStore:
                               if old["params"].get(k) != self.params.get(k))
                 raise RunMismatch(f"{self.directory} holds a run with other parameters (differs in "
                                   f"{diff + (['n'] if old['n'] != self.n else [])}); use another output directory")
-            if not same:  # nothing was written under the old parameters: start over
-                io.write_json(manifest, {"params": self.params, "n": self.n, "complete": False}, sort_keys=True)
             self.complete = same and bool(old["complete"])
             self.files = old.get("files", {}) if self.complete else {}
+            if self.complete:
+                problem = final_file_problem(self.directory, self.files)
+                if problem is not None:
+                    print(f"jtaba: {problem[0]} is damaged ({problem[1]}); the run is computed again",
+                          file=sys.stderr, flush=True)
+                if problem is not None or recompute:
+                    self._discard_final_files()
+            if not same:  # nothing was written under the old parameters: start over
+                self._write_manifest()
         else:
-            if os.path.isdir(self.directory) and set(os.listdir(self.directory)) - {LOCK}:
+            if set(os.listdir(self.directory)) - {LOCK}:
                 raise RunMismatch(f"{self.directory} is not empty and holds no jtaba run; use another directory")
-            os.makedirs(self.directory, exist_ok=True)
             self.complete, self.files = False, {}
-            io.write_json(manifest, {"params": self.params, "n": self.n, "complete": False}, sort_keys=True)
-        self.lock = FolderLock(self.directory)
+            self._write_manifest()
         if self.complete:
             shutil.rmtree(self.chunk_dir, ignore_errors=True)
-            self._check_final_sizes()
             return
         os.makedirs(self.chunk_dir, exist_ok=True)
         for name in os.listdir(self.chunk_dir):  # debris of a chunk being written when the run died
             if name.startswith(".tmp"):
                 shutil.rmtree(os.path.join(self.chunk_dir, name))
         self._drop_bad_chunks()
+
+    def _write_manifest(self) -> None:
+        io.write_json(os.path.join(self.directory, MANIFEST),
+                      {"params": self.params, "n": self.n, "complete": self.complete,
+                       **({"files": self.files} if self.complete else {})}, sort_keys=True)
+
+    def _discard_final_files(self) -> None:
+        """Back to an unfinished run with no samples: the final files and metrics.json go (chunks were removed when
+        the run was finalized)."""
+        self.complete, self.files = False, {}
+        self._write_manifest()
+        for name in os.listdir(self.directory):
+            if name.endswith(".npy") or name == "metrics.json":
+                os.remove(os.path.join(self.directory, name))
 
     def _chunk_path(self, start: int, stop: int) -> str:
         return os.path.join(self.chunk_dir, f"{start:09d}-{stop:09d}")
@@ -204,20 +343,12 @@ class RunStore:
             else:
                 covered[start:stop] = True
 
-    def _check_final_sizes(self) -> None:
-        for name, rec in self.files.items():
-            path = os.path.join(self.directory, name)
-            size = os.path.getsize(path) if os.path.exists(path) else None
-            if size != rec["size"]:
-                raise RunMismatch(f"{path} is damaged ({size} bytes, {rec['size']} were written); delete "
-                                  f"{self.directory} to compute the run again")
-
     def verify(self) -> None:
-        """Re-hash the final files of a finished run against the manifest; raise naming a file that differs."""
-        self._check_final_sizes()
-        for name, rec in self.files.items():
-            if file_record(os.path.join(self.directory, name))["sha256"] != rec["sha256"]:
-                raise RunMismatch(f"{os.path.join(self.directory, name)} changed since it was written (checksum)")
+        """Check the final files of a finished run against the manifest (sizes and sha256); raise naming one that
+        differs."""
+        problem = final_file_problem(self.directory, self.files)
+        if problem is not None:
+            raise RunMismatch(f"{problem[0]} is damaged ({problem[1]}); rerun its command to compute it again")
 
     def close(self) -> None:
         """Release the folder lock (``finalize`` does too)."""
@@ -276,30 +407,42 @@ class RunStore:
         need = sum(os.path.getsize(os.path.join(d, f)) for d in dirs for f in os.listdir(d))
         free = shutil.disk_usage(self.directory).free
         if need > free:
-            raise OSError(f"not enough free space in {self.directory} for the final files: {need / 2**30:.2f} GiB "
-                          f"needed, {free / 2**30:.2f} GiB free (the chunks are kept: free space and rerun)")
+            raise OSError(f"not enough free space in {self.directory} for the final files: {byte_size(need)} "
+                          f"needed, {byte_size(free)} free (the chunks are kept: free space and rerun)")
         for name in names:
-            self._concatenate(name, chunks, dirs)
-            self.files[name + ".npy"] = file_record(os.path.join(self.directory, name + ".npy"))
-        io.write_json(os.path.join(self.directory, MANIFEST),
-                      {"params": self.params, "n": self.n, "complete": True, "files": self.files}, sort_keys=True)
+            self.files[name + ".npy"] = self._concatenate(name, chunks, dirs)
         self.complete = True
+        self._write_manifest()
+        _remember_verified(self.directory, self.files)
         shutil.rmtree(self.chunk_dir)
         self.close()
         return names
 
-    def _concatenate(self, name: str, chunks, dirs) -> None:
-        """One chunk at a time into a memory-mapped ``.npy`` (one open map: any number of chunks)."""
+    def _concatenate(self, name: str, chunks, dirs) -> dict:
+        """One chunk at a time into a memory-mapped ``.npy`` (one open map: any number of chunks), hashed as it is
+        written (in file order: for each index before the sample axis, the chunks in order); returns the file's
+        {"size", "sha256"}. The file's mtime is set ``MTIME_BACKDATE_NS`` back and its check is cached."""
         axis = sample_axis(name)
         first = np.load(os.path.join(dirs[0], name + ".npy"), mmap_mode="r")
         shape = first.shape[:axis] + (self.n,) + first.shape[axis + 1:]
         tmp = os.path.join(self.directory, f".{name}.npy.tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=shape)
         del first
-        for (start, stop), d in zip(chunks, dirs):
-            out[(slice(None),) * axis + (slice(start, stop),)] = np.load(os.path.join(d, name + ".npy"),
-                                                                        mmap_mode="r")
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            h.update(f.read(out.offset))  # the .npy header
+        parts = [np.load(os.path.join(d, name + ".npy"), mmap_mode="r") for d in dirs]
+        for lead in np.ndindex(*shape[:axis]):
+            for (start, stop), part in zip(chunks, parts):
+                block = np.ascontiguousarray(part[lead])
+                out[lead + (slice(start, stop),)] = block
+                h.update(block)
+        del parts
         out.flush()
         del out
         _fsync(tmp)
-        os.replace(tmp, os.path.join(self.directory, name + ".npy"))
+        final = os.path.join(self.directory, name + ".npy")
+        os.replace(tmp, final)
+        backdated = time.time_ns() - MTIME_BACKDATE_NS
+        os.utime(final, ns=(backdated, backdated))
+        return {"size": os.path.getsize(final), "sha256": h.hexdigest()}
