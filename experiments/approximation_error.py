@@ -139,15 +139,13 @@ def error_tables(arrays: dict, mask, steps: int, early_fraction: float) -> dict:
 def compute(ws, opts: Options) -> dict:
     """Record a sampling run and the teacher-forced inversion of its samples (or reuse them), then the errors."""
     from jtaba.metrics import find_plain_areas
-    from jtaba.runs import RunSettings
 
     diffusion = ws.model.diffusion
     s = measured_steps(diffusion.kind, opts.steps)
-    base = {"n": opts.n, "steps": opts.steps, "seed": opts.seed, "batch": opts.batch, "precision": opts.precision}
-    truth_run = ws.run(RunSettings(**base, record=True, inversion=False, reconstruction=False))
+    truth_run = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False))
     # x_t swap of steps 0..s-2: step i (i >= 1) starts from the ground-truth state, step 0 from the final sample
-    inv_run = ws.run(RunSettings(**base, record=True, reconstruction=False, swap_from=truth_run, swap_before=s - 1,
-                                 swap_type="xt"))
+    inv_run = ws.run(opts.run_settings(record=True, reconstruction=False, swap_from=truth_run, swap_before=s - 1,
+                                       swap_type="xt"))
     mask = find_plain_areas(truth_run["samples"], opts.threshold)
     err = error_tables(step_arrays(diffusion, opts.steps, truth_run, inv_run), mask, opts.steps,
                        opts.early_fraction)
@@ -273,7 +271,14 @@ def network_passes(ws, opts: Options) -> int:
     return 2
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="approximation_error", paper_ref="Sec. 3.4, Tab. 6, App. D, Fig. 4", options_class=Options,
+    build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
+    options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes, console=report,
+    own_sizes=("n",),
+    sizes_note="every step of sampling and of the teacher-forced inversion is recorded (N x T states each)",
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

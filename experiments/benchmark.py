@@ -61,7 +61,7 @@ import jtaba
 from jtaba import compilation_cache, engine
 from jtaba.diffusion import DiffusionConfig
 from jtaba import home, precision as precision_lib
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point, program_name
 from jtaba.model import Model, build
 from jtaba.precision import PRECISIONS
 
@@ -450,7 +450,7 @@ def format_table(doc: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__,
+    p = argparse.ArgumentParser(prog=program_name("python -m experiments.benchmark"), description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--arch", nargs="+", choices=ARCHS, metavar="ARCH",
                    help=f"paper architectures with random weights, any of {', '.join(ARCHS)}; without --arch and "
@@ -475,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: Optional[list[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     if min(args.batch) < 1 or min(args.steps) < 1 or args.repeats < 1:
@@ -507,4 +508,4 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -421,7 +421,8 @@ def compute(ws, opts: Options) -> dict:
     nets, skipped, clip_name, text_emb = perception(ws, opts, kind, texts, {"source": src_ids, "target": tgt_ids})
     metrics = [m for m in METRICS if m not in skipped and not (m.startswith("clip_t") and text_emb is None)]
 
-    base = {"n": opts.n, "steps": opts.steps, "seed": opts.seed, "batch": opts.batch, "precision": opts.precision}
+    base = {"n": opts.n, "steps": opts.steps, "seed": opts.seed, "batch": opts.batch, "precision": opts.precision,
+            "guidance": opts.guidance, "schedule_dtype": opts.schedule_dtype}  # its own conditions, the run's others
     source = ws.run(RunSettings(**base, **src_cond, record=bool(opts.swap_steps), inversion=False,
                                 reconstruction=False))
     plain = ws.run(RunSettings(**base, **src_cond, samples=source["samples"], noise=source["noise"],
@@ -585,7 +586,13 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="diversity", paper_ref="Sec. 4.2, App. F.2, Tab. 7, Tab. 13, Fig. 6-7", options_class=Options,
+    build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
+    options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes, unavailable=unavailable,
+    own_sizes=("n",), sizes_note="per K an inversion and per condition a sampling run of the edited generations",
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

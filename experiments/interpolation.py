@@ -247,12 +247,13 @@ def load_reference(path: str, n: int | None):
 
 
 # ---- compute -----------------------------------------------------------------------------------------------------
-def check_model(model) -> bool:
-    """Whether the model takes class labels; a text-conditioned model is refused (no shared prompts to give)."""
+def check_model(model, opts: Options) -> bool:
+    """Whether the model takes class labels; a text-conditioned model needs --prompt-embeds (every run of sets A and
+    B and every interpolant then shares those prompts)."""
     class_cond = model.num_classes is not None and model.conditional
-    if model.conditional and not class_cond:
-        raise ValueError(f"interpolation runs unconditional and class-conditional models (the paper: ADM, LDM, DiT); "
-                         f"this {model.family} model is text-conditioned")
+    if model.conditional and not class_cond and opts.prompt_embeds is None:
+        raise ValueError(f"this {model.family} model is text-conditioned: give --prompt-embeds (N, L, D), shared by "
+                         f"sets A and B and every interpolant")
     return class_cond
 
 
@@ -260,7 +261,7 @@ def unavailable(ws, opts: Options) -> str | None:
     """Why the analysis cannot run on this model (a text-conditioned one), else None: ``experiments.reproduce``
     lists it as skipped."""
     try:
-        check_model(ws.model)
+        check_model(ws.model, opts)
     except ValueError as e:
         return str(e)
     return None
@@ -270,17 +271,16 @@ def compute(ws, opts: Options) -> dict:
     """Sets A and B (sample, invert, reconstruct), forward-replaced inversions, the interior SLERP runs, then the
     metrics of every (source, α) against the reference."""
     from jtaba.metrics import networks
-    from jtaba.runs import RunSettings
 
-    class_cond = check_model(ws.model)
+    class_cond = check_model(ws.model, opts)
     absent = networks.missing(["inception"])
     reference_file = load_reference(opts.reference, opts.n_reference) if opts.reference else None
     skipped = {m: f"no FID Inception checkpoint; make it with: {absent['inception']}"
                for m in INCEPTION_METRICS} if absent else {}
 
     run_a = ws.run(opts.run_settings())  # the standard run of these settings, shared with other analyses
-    labels = {"labels": run_a["conds"]} if class_cond else {}
-    run_b = ws.run(opts.run_settings(seed=opts.seed_b, **labels))
+    labels = {"labels": run_a["conds"], "class_seed": None} if class_cond else {}  # B, interpolants: A's classes
+    run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, **labels))  # B: noise of seed_b
     sets = {"a": (run_a, opts.seed, opts.forward_seed), "b": (run_b, opts.seed_b, opts.forward_seed_b)}
     forward = {k: {key: ws.run(opts.run_settings(seed=seed, samples=r["samples"], forward_before=k, forward_seed=fs,
                                                  **labels))
@@ -315,9 +315,8 @@ def compute(ws, opts: Options) -> dict:
 
         reference_images = reference_file
         if reference_file is None:  # sampled only when scored
-            ref_run = ws.run(RunSettings(n=reference["n"], steps=opts.steps, seed=opts.reference_seed,
-                                         batch=opts.batch, precision=opts.precision, inversion=False,
-                                         reconstruction=False))
+            ref_run = ws.run(opts.run_settings(n=reference["n"], seed=opts.reference_seed, noise=None, samples=None,
+                                               inversion=False, reconstruction=False))
             reference.update(run=ref_run.path, images=image_name(ref_run, "samples"))
             runs["reference"] = ref_run.path
             reference_images = ref_run[reference["images"]]
@@ -489,7 +488,13 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="interpolation", paper_ref="Sec. 4.1, App. F.1, Tab. 12, Fig. 5", options_class=Options,
+    build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
+    options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes, unavailable=unavailable,
+    own_sizes=("n", "steps"), sizes_note="every interpolant at every alpha is sampled; sized for a CPU",
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

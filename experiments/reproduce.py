@@ -39,7 +39,9 @@ import sys
 import time
 
 from jtaba import cli, io
+from jtaba.distributed import is_main
 from jtaba.runs import StandardOptions
+from jtaba.runs.settings import INPUT_FIELDS
 
 # (module, paper reference, options it takes from the report's flags), in dependency order: the standard run
 # first (triangles makes it), then the analyses that reuse it, then those with runs of their own.
@@ -108,7 +110,7 @@ def chosen(args) -> list[str]:
 def options_for(name: str, module, args, takes) -> object:
     """The analysis's own defaults, with the report's flags it takes."""
     fields = {f.name for f in dataclasses.fields(module.Options)}
-    given = {k: getattr(args, k) for k in takes if k in fields}
+    given = {k: getattr(args, k) for k in (*takes, *INPUT_FIELDS) if k in fields}  # every run with the inputs
     if name == "swap" and args.swap_steps is not None:
         given["steps"] = args.swap_steps
     return module.Options(**given)
@@ -141,6 +143,7 @@ def section(name: str, ref: str, body: str, opts, seconds: float, folder: str) -
 def main(argv: list[str] | None = None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    cli.initialize_distributed(args)  # before any other JAX call
     names = chosen(args)
     from jtaba.train.export import run_name
 
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> str:
         raise ValueError(f"the --train-run folders need distinct names (their rows and runs are kept by name): "
                          f"{train_names}")
     ws = cli.workspace(args)
-    out = cli.out_dir(args, ws.tag, "reproduce")
+    out = cli.out_dir(args, ws.tag, "reproduce", *cli.input_parts(args))
+    writes = is_main()  # every process computes (the runs are collective); process 0 writes
     cli.warn_if_slow(args.n, args.steps, 6, "reproduce")  # the standard run, and about as much again elsewhere
     refs = {name: (ref, takes) for name, ref, takes in ANALYSES + TRAINING_ANALYSES}
     summary = {"model": ws.tag, "settings": {k: getattr(args, k) for k in STANDARD},
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> str:
             print(f"  skipped: {reason}", flush=True)
             summary["analyses"][name] = {"reference": ref, "skipped": reason}
             sections.append(f"## {name} ({ref})\n\nSkipped:\n\n```\n{reason}\n```\n")
-            io.write_json(os.path.join(out, "report.json"), summary)
+            if writes:
+                io.write_json(os.path.join(out, "report.json"), summary)
             continue
         start = time.time()
         folder = os.path.join(out, name)
@@ -180,11 +185,15 @@ def main(argv: list[str] | None = None) -> str:
             result = module.compute(opts, entry["rows"])
         else:
             result = module.compute(ws, opts)
-        module.write_outputs(result, folder)
+        if writes:
+            module.write_outputs(result, folder)
         seconds = time.time() - start
         summary["analyses"][name] = {**entry, "seconds": round(seconds, 1)}
         sections.append(section(name, ref, module.markdown(result), opts, seconds, folder))
-        io.write_json(os.path.join(out, "report.json"), summary)
+        if writes:
+            io.write_json(os.path.join(out, "report.json"), summary)
+    if not writes:
+        return out
     training_line = (f" App. G on the training runs {', '.join(f'`{n}`' for n in train_names)}."
                      if train_names else "")
     header = (f"# There and Back Again, reproduced on `{ws.tag}`\n\n"

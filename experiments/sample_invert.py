@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
-
 from jtaba import cli
 
 
@@ -28,31 +26,7 @@ def build_parser():
     p.add_argument("--out", default=None,
                    help="run folder (default: <runs-dir>/<model>/sample_invert/<settings>_<fingerprint>); rerun to "
                         "resume; a folder holding another run is refused")
-    inp = p.add_argument_group("inputs")
-    inp.add_argument("--noise", metavar="FILE.npy",
-                     help="start from these noises (N, C, H, W) instead of drawing them from --seed (e.g. an "
-                          "upstream noise.pt saved as .npy, for bitwise-identical starting points)")
-    inp.add_argument("--samples", metavar="FILE.npy",
-                     help="skip sampling and invert these clean samples (N, C, H, W) (upstream input_image_path); "
-                          "the written noise is then --noise, or drawn from --seed (metrics vs noise are then "
-                          "meaningless)")
-    inp.add_argument("--labels", metavar="FILE.npy",
-                     help="class labels (N,) int for class-conditional models (default: drawn uniformly per "
-                          "sample from --seed, written as conds.npy)")
-    inp.add_argument("--class-seed", type=int, default=None,
-                     help="draw class labels as taba's DiT scripts do (cond_seed: Python random.choices over the "
-                          "class names of the model's id2label, each repeated --noises-per-class times; reproduces "
-                          "upstream conds.pt)")
-    inp.add_argument("--noises-per-class", type=int, default=1,
-                     help="with --class-seed: consecutive samples sharing a drawn class (upstream noises_per_prompt)")
-    inp.add_argument("--prompt-embeds", metavar="FILE.npy",
-                     help="prompt embeddings (N, L, D) for text-conditioned models (IF), written by "
-                          "`python convert/if.py --prompts FILE` into CKPT/prompts/")
-    inp.add_argument("--schedule-dtype", choices=("float32", "float16"), default=None,
-                     help="diffusers models: scheduler arithmetic in float16 as upstream DiT/IF ran it (default: "
-                          "the checkpoint's, float32)")
-    inp.add_argument("--guidance", type=float, default=1.0,
-                     help="classifier-free guidance scale for sampling and inversion (1.0 = off, as in the paper)")
+    cli.add_input_flags(p)
     out = p.add_argument_group("outputs")
     out.add_argument("--record", action="store_true",
                      help="also write every step: all_t_samples, all_t_eps_samples, all_t_pred_xstart_samples and "
@@ -80,19 +54,9 @@ def build_parser():
     return p
 
 
-def _array(path: str | None, flag: str):
-    if path is None:
-        return None
-    if not path.endswith(".npy") or not os.path.isfile(path):
-        raise SystemExit(f"{flag}: {path} is not an existing .npy file")
-    try:
-        return np.load(path, mmap_mode="r")
-    except ValueError as e:
-        raise SystemExit(f"{flag}: {path} is not a readable .npy file ({e})") from None
-
-
 def settings_from_args(args):
     from jtaba import runs
+    from jtaba.runs.settings import input_array as _array
 
     return runs.RunSettings(
         n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, noise=_array(args.noise, "--noise"),

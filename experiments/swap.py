@@ -126,12 +126,10 @@ def run_metrics(run) -> dict:
 def compute(ws, opts: Options) -> dict:
     """The standard run (K = 0), one recorded sampling run, then per method and K an inversion + reconstruction."""
     from jtaba.metrics import top_k_corr_in_patches
-    from jtaba.runs import RunSettings
 
-    base = {"n": opts.n, "steps": opts.steps, "seed": opts.seed, "batch": opts.batch, "precision": opts.precision}
-    standard = ws.run(RunSettings(**base))  # the standard run every analysis shares
+    standard = ws.run(opts.run_settings())  # the standard run every analysis shares
     # The ground truth: every sampling step of the same noise (inversion not needed).
-    record = ws.run(RunSettings(**base, record=True, inversion=False, reconstruction=False))
+    record = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False))
     corr = top_k_corr_in_patches(standard["noise"], patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K)
     noise_row = {"correlation": corr["mean"], "correlation_std": corr["std"], "image_error": None,
                  "noise_error": 0.0, "kl": 0.0}
@@ -146,7 +144,7 @@ def compute(ws, opts: Options) -> dict:
                 rows.append({"k": k, "skipped": why})
                 notes.append(f"{kind} swap K={k} skipped: {why}")
                 continue
-            run = ws.run(RunSettings(**base, swap_from=record, swap_before=k, swap_type=kind))
+            run = ws.run(opts.run_settings(swap_from=record, swap_before=k, swap_type=kind))
             rows.append({"k": k, **run_metrics(run)})
         methods[f"{kind}_swap"] = {"rows": rows}
     for level in FORWARD_LEVELS:
@@ -163,8 +161,8 @@ def compute(ws, opts: Options) -> dict:
                 rows.append({"k": k, "skipped": why})
                 notes.append(f"forward {level} K={k} skipped: {why}")
                 continue
-            run = ws.run(RunSettings(**base, samples=standard["samples"], forward_before=k, forward_level=level,
-                                     forward_seed=opts.forward_seed))
+            run = ws.run(opts.run_settings(samples=standard["samples"], forward_before=k, forward_level=level,
+                                           forward_seed=opts.forward_seed))
             rows.append({"k": k, **run_metrics(run)})
         methods[f"forward_{level}"] = {"rows": rows}
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
@@ -304,7 +302,14 @@ def network_passes(ws, opts: Options) -> int:
     return 4 + 2 * per_k * len(opts.k_list)
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="swap", paper_ref="Sec. 5, Tab. 9", options_class=Options, build_parser=build_parser, compute=compute,
+    write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args, out_parts=out_parts,
+    network_passes=network_passes, console=report, own_sizes=("n", "steps"),
+    sizes_note=("a recorded sampling run and per method and K an inversion + reconstruction of the same "
+                "samples; its T is --swap-steps"),
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -107,13 +107,47 @@ STANDARD_N_HELP = ("number of samples N of the standard run (computed once and s
                    "the paper used 10,240 and T = 100)")
 
 
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    """The run's inputs (``jtaba.runs.settings.INPUT_FIELDS``), spelled alike in ``sample_invert`` and every
+    analysis: --noise --samples --labels --class-seed --noises-per-class --prompt-embeds --schedule-dtype
+    --guidance. A run made with the same inputs (by content) is shared."""
+    inp = p.add_argument_group("inputs (a run made with the same inputs, by content, is shared)")
+    inp.add_argument("--noise", metavar="FILE.npy",
+                     help="start from these noises (N, C, H, W) instead of drawing them from --seed (e.g. an "
+                          "upstream noise.pt saved as .npy, for bitwise-identical starting points)")
+    inp.add_argument("--samples", metavar="FILE.npy",
+                     help="skip sampling and invert these clean samples (N, C, H, W) (upstream input_image_path); "
+                          "the written noise is then --noise, or drawn from --seed (metrics vs noise are then "
+                          "meaningless)")
+    inp.add_argument("--labels", metavar="FILE.npy",
+                     help="class labels (N,) int for class-conditional models (default: drawn uniformly per "
+                          "sample from --seed, written as conds.npy)")
+    inp.add_argument("--class-seed", type=int, default=None,
+                     help="draw class labels as taba's DiT scripts do (cond_seed: Python random.choices over the "
+                          "class names of the model's id2label, each repeated --noises-per-class times; reproduces "
+                          "upstream conds.pt; the paper: 10)")
+    inp.add_argument("--noises-per-class", type=int, default=1,
+                     help="with --class-seed: consecutive samples sharing a drawn class (upstream noises_per_prompt; "
+                          "the paper: 8)")
+    inp.add_argument("--prompt-embeds", metavar="FILE.npy",
+                     help="prompt embeddings (N, L, D) for text-conditioned models (IF), written by "
+                          "`python convert/if.py --prompts FILE` into CKPT/prompts/")
+    inp.add_argument("--schedule-dtype", choices=("float32", "float16"), default=None,
+                     help="diffusers models: scheduler arithmetic in float16 as upstream DiT/IF ran it (default: "
+                          "the checkpoint's, float32)")
+    inp.add_argument("--guidance", type=float, default=1.0,
+                     help="classifier-free guidance scale for sampling and inversion (1.0 = off, as in the paper)")
+
+
 def add_analysis_flags(p: argparse.ArgumentParser, defaults, n_help: str = STANDARD_N_HELP) -> None:
     """The flags every analysis shares: the model, the run flags (defaults from the ``defaults`` options class, a
-    ``jtaba.runs.StandardOptions``) and --out."""
+    ``jtaba.runs.StandardOptions``), the run's inputs, --out and the multi-process flags."""
     add_model_flags(p)
     add_run_flags(p, n=defaults.n, steps=defaults.steps, batch=defaults.batch, seed=defaults.seed, n_help=n_help)
     p.add_argument("--out", default=None,
                    help="folder for the tables and figures (default: <runs-dir>/<model>/<analysis>/<settings>)")
+    add_input_flags(p)
+    add_distributed_flags(p)
 
 
 def options_from_args(options_class, args: argparse.Namespace):
@@ -146,17 +180,47 @@ def run_analysis(module, argv=None) -> str:
     spec = getattr(module, "__spec__", None)  # under `python -m`, __name__ is "__main__"
     name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
     args = module.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    opts = module.options_from_args(args) if hasattr(module, "options_from_args") else \
-        options_from_args(module.Options, args)
+    initialize_distributed(args)  # before any other JAX call
+    opts = with_inputs(module.options_from_args(args) if hasattr(module, "options_from_args") else
+                       options_from_args(module.Options, args), args)
     ws = workspace(args)
     passes = module.network_passes(ws, opts) if hasattr(module, "network_passes") else 3
     warn_if_slow(opts.n, opts.steps, passes, name)
-    out = out_dir(args, ws.tag, name, *(module.out_parts(opts) if hasattr(module, "out_parts") else ()))
+    parts = (*input_parts(opts), *(module.out_parts(opts) if hasattr(module, "out_parts") else ()))
+    out = out_dir(args, ws.tag, name, *parts)
     result = module.compute(ws, opts)
+    from jtaba.distributed import is_main
+
+    if not is_main():  # every process computes (the runs are collective); process 0 writes
+        return out
     module.write_outputs(result, out)
     print(module.report(result) if hasattr(module, "report") else module.markdown(result))
     print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
     return out
+
+
+def with_inputs(opts, args: argparse.Namespace):
+    """``opts`` (a ``StandardOptions``) with the run's input flags (``add_input_flags``) it was built without."""
+    import dataclasses
+
+    from jtaba.runs.settings import INPUT_FIELDS
+
+    given = {k: getattr(args, k) for k in INPUT_FIELDS if hasattr(args, k) and hasattr(opts, k)}
+    return dataclasses.replace(opts, **given) if given else opts
+
+
+def input_parts(opts) -> list[str]:
+    """Out-folder name parts for the run inputs that differ from drawing everything from --seed (the same words
+    as the run folders': noise-given, cseed10x8, cfg2, sched16, ...)."""
+    parts = [f"{k.replace('_', '')}-given" for k in ("noise", "samples", "labels", "prompt_embeds")
+             if getattr(opts, k, None) is not None]
+    if getattr(opts, "class_seed", None) is not None:
+        parts.append(f"cseed{opts.class_seed}x{opts.noises_per_class}")
+    if getattr(opts, "guidance", 1.0) != 1.0:
+        parts.append(f"cfg{opts.guidance:g}")
+    if getattr(opts, "schedule_dtype", None) == "float16":
+        parts.append("sched16")
+    return parts
 
 
 def training_analysis_main(module_name: str):
@@ -243,7 +307,8 @@ def add_distributed_flags(p: argparse.ArgumentParser) -> None:
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
-    """Join a multi-process run when ``--coordinator`` was given (before any other JAX call)."""
+    """Join a multi-process run when ``--coordinator`` was given or ``--distributed=auto`` detects a cluster (before
+    any other JAX call)."""
     from jtaba import distributed
 
     distributed.initialize_from_flags(args)

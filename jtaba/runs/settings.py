@@ -7,6 +7,7 @@ every setting that changes the results, input arrays by content, never the batch
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -108,20 +109,55 @@ class RunSettings:
         precision_lib.check(self.precision)
 
 
+def input_array(path: Optional[str], what: str) -> Optional[np.ndarray]:
+    """The array of an input file (a ``.npy`` file, memory-mapped), or None for no path; ``what`` names the input
+    (a flag) in the one-line ValueError for a missing or unreadable file."""
+    if path is None:
+        return None
+    if not str(path).endswith(".npy") or not os.path.isfile(path):
+        raise ValueError(f"{what}: {path} is not an existing .npy file")
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise ValueError(f"{what}: {path} is not a readable .npy file ({e})") from None
+
+
+# The run inputs an analysis takes (StandardOptions fields): files by path, so options stay JSON; flags of the same
+# names (cli.add_input_flags). ``INPUT_FILES`` maps each file field to its flag.
+INPUT_FILES = {"noise": "--noise", "samples": "--samples", "labels": "--labels", "prompt_embeds": "--prompt-embeds"}
+INPUT_FIELDS = (*INPUT_FILES, "class_seed", "noises_per_class", "guidance", "schedule_dtype")
+
+
 @dataclasses.dataclass(frozen=True)
 class StandardOptions:
     """What an analysis's options share: the standard sample -> invert -> reconstruct run it starts from (N, T,
-    seed, batch, precision). Analyses subclass it with their own fields (and may change these defaults); analyses
-    that ask for the same standard run share it."""
+    seed, batch, precision) and its inputs (``INPUT_FIELDS``, as ``RunSettings``' but with ``.npy`` paths for the
+    arrays: options are written to JSON). Analyses subclass it with their own fields (and may change these
+    defaults); analyses that ask for the same standard run share it, and share it with ``sample_invert`` given
+    the same inputs."""
     n: int = 512
     steps: int = 50
     seed: int = 42
     batch: int = 128
     precision: str = "float32"
+    _: dataclasses.KW_ONLY  # the inputs by name only: subclasses' own fields stay positional after precision
+    noise: Optional[str] = None
+    samples: Optional[str] = None
+    labels: Optional[str] = None
+    prompt_embeds: Optional[str] = None
+    class_seed: Optional[int] = None
+    noises_per_class: int = 1
+    guidance: float = 1.0
+    schedule_dtype: Optional[str] = None
 
     def run_settings(self, **overrides) -> RunSettings:
-        """``RunSettings`` of the standard run (reconstruction on, nothing recorded), with ``overrides``."""
-        base = dict(n=self.n, steps=self.steps, seed=self.seed, batch=self.batch, precision=self.precision)
+        """``RunSettings`` of the standard run (reconstruction on, nothing recorded) with this run's inputs (files
+        read as memory maps), with ``overrides``. Every run an analysis makes goes through here, so extra runs carry
+        the same conditioning."""
+        base = dict(n=self.n, steps=self.steps, seed=self.seed, batch=self.batch, precision=self.precision,
+                    class_seed=self.class_seed, noises_per_class=self.noises_per_class, guidance=self.guidance,
+                    schedule_dtype=self.schedule_dtype)
+        base.update({k: input_array(getattr(self, k), flag) for k, flag in INPUT_FILES.items() if k not in overrides})
         return RunSettings(**{**base, **overrides})
 
 

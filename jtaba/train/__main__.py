@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, program_name
 from jtaba.precision import PRECISIONS
 from jtaba.train.presets import PRESETS, get_preset
 
@@ -57,7 +57,7 @@ def _preset_default(field: str, show=str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=HelpFormatter,
+        prog=program_name(PROG), formatter_class=HelpFormatter,
         description="Train a guided-diffusion (ADM) model from scratch with the hybrid loss (eps MSE + VB for the "
                     "learned variance). Running the same command again resumes from the newest checkpoint in --out; "
                     "SIGTERM / Ctrl-C stop after the current step with a checkpoint (a second Ctrl-C aborts at once, "

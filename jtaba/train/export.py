@@ -22,7 +22,7 @@ from jtaba.diffusion import DiffusionConfig
 from jtaba.model import Model, build
 from jtaba.models import adm
 from jtaba.sharding import data_mesh
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, program_name
 from jtaba.train.__main__ import rename_deprecated_flags
 from jtaba.train.loop import abstract_state
 from jtaba.train.run_checkpoints import RunCheckpoints, require_run_config, saved_steps
@@ -116,7 +116,7 @@ def sample_grid(model_dir: str, path: str, *, rows: int = 8, steps: int = 100, s
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jtaba.train.export", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m jtaba.train.export"), description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--run", required=True,
                    help="training run directory (python -m jtaba.train --out) (required, no default)")
