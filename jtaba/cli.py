@@ -23,8 +23,24 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return text if "default" in text else super()._get_help_string(action)
 
 
+def program_name(default: str, module: str | None = None) -> str:
+    """The name ``usage:`` shows: the console script as invoked (``jtaba-triangles``), ``python -m MODULE`` when
+    ``module`` runs as ``__main__`` under ``-m``, else ``default`` (e.g. ``python convert/adm.py``, or any call
+    from Python)."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    invoked = invoked[:-4] if invoked.endswith(".exe") else invoked
+    if invoked.startswith("jtaba-"):
+        return invoked
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    running = spec.name.removesuffix(".__main__") if spec is not None else None  # `python -m pkg` runs pkg.__main__
+    if module is not None and running == module:
+        return f"python -m {module}"
+    return default
+
+
 def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    """``prog``: the ``python -m ...`` form; a console script shows its own name (``program_name``)."""
+    return argparse.ArgumentParser(prog=program_name(prog), description=description, formatter_class=HelpFormatter)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -85,12 +101,17 @@ def warn_if_slow(n: int, steps: int, passes: int, what: str = "this command") ->
 
 def entry_point(main: Callable) -> Callable:
     """Wrap a command's ``main(argv)``: library errors become one-line exits (``JTABA_DEBUG=1`` shows the
-    traceback), Ctrl-C ends with a resume note."""
+    traceback), Ctrl-C ends with a resume note.
+
+    Called with ``argv`` (from Python or a test) the wrapper returns what ``main`` returns (an analysis's output
+    folder); from the command line (``argv`` None: a console script or ``python -m``) it returns None, because a
+    console script hands the return value to ``sys.exit``: success exits 0, an error 1 (one line), a usage error 2
+    and Ctrl-C 130."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
         try:
-            return main(argv)
+            result = main(argv)
         except KeyboardInterrupt:
             print("\ninterrupted: finished chunks are kept; run the same command again to resume",
                   file=sys.stderr, flush=True)
@@ -99,6 +120,7 @@ def entry_point(main: Callable) -> Callable:
             if os.environ.get("JTABA_DEBUG"):  # the whole traceback, for bug reports
                 raise
             raise SystemExit(f"error: {e}") from None
+        return None if argv is None else result
 
     return wrapped
 
