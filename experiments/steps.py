@@ -17,8 +17,9 @@ import math
 import os
 
 from experiments.assignment import ARROWS, DIRECTIONS, accuracies, parse_int_list
-from experiments.triangles import CALC_ANGLE_KEYS, SIDES, VERTICES, angle_table
+from experiments.triangles import CALC_ANGLE_KEYS, SIDES, VERTICES
 from jtaba import cli, io, plotting
+from jtaba.analyses import triangles
 from jtaba.runs import StandardOptions
 
 
@@ -62,7 +63,7 @@ def compute(ws, opts: Options) -> dict:
     for steps in opts.all_steps:
         run = ws.run(opts.run_settings(steps=steps))
         noise, samples, latents = run["noise"], run["samples"], run["latents"]
-        tri = angle_table(noise, samples, latents)
+        tri = triangles.triangle_stats(noise, samples, latents).to_json()
         tri.pop("histograms")  # 3 x 178 numbers per T: in triangles.json for one T
         rows.append({"steps": steps, "run": run.path, **tri,
                      "accuracy": accuracies(noise, samples, latents, opts.divs)})
