@@ -76,3 +76,23 @@ def test_whole_image_matches_torch(top_k, block):
     x = _correlated((50, 1, 4, 4), seed=7)
     ref = _torch_top_k_corr(torch.from_numpy(x).double(), top_k)
     assert top_k_corr(x, top_k=top_k, block=block) == pytest.approx(ref, rel=1e-10)
+
+
+# --- float16 arithmetic (upstream's Tab. 2 script on float16 tensors): torch's half corrcoef is the oracle ---
+
+def test_patches_float16_arithmetic_matches_torch_half():
+    x = _correlated((256, 4, 16, 16), seed=5).astype(np.float16)  # DiT-like 4-channel latents
+    ref = _torch_top_k_corr_in_patches(torch.from_numpy(x), 8, 20)  # half tensors
+    got = top_k_corr_in_patches(x, arithmetic="float16")
+    assert got == ref  # float16 results, bit for bit
+    exact = top_k_corr_in_patches(x)  # float64 on the same float16 inputs: what --upstream-fp16 measured before
+    assert exact["mean"] != ref["mean"]
+
+
+@pytest.mark.parametrize("block", [1024, 37])
+def test_whole_image_float16_arithmetic_matches_torch_half(block):
+    x = _correlated((200, 2, 8, 8), seed=6).astype(np.float16)
+    ref = _torch_top_k_corr(torch.from_numpy(x), 10)
+    assert top_k_corr(x, 10, block=block, arithmetic="float16") == ref
+    with pytest.raises(ValueError, match="arithmetic"):
+        top_k_corr(x, 10, arithmetic="float32")

@@ -191,3 +191,20 @@ def test_no_valid_triangle_is_an_error():
     with pytest.raises(ValueError):
         find_max_prob_triangle(p, p, p)
     assert _torch_find_max_prob(p, p, p, torch.arange(1, 180))[0] is None
+
+
+def test_float16_angles_match_upstream_on_half_tensors():
+    """DiT / IF: upstream's calculate_angle on float16 tensors (the re-typed oracle run on half tensors)."""
+    rng = np.random.default_rng(7)
+    noise = rng.standard_normal((96, 4, 16, 16))
+    samples = np.clip(0.5 * rng.standard_normal(noise.shape), -1, 1)
+    latents = 0.9 * noise + 0.1 * samples + 0.3 * rng.standard_normal(noise.shape)
+    half = [v.astype(np.float16) for v in (noise, samples, latents)]
+    ref = _torch_angles(*(torch.from_numpy(v) for v in half))
+    got = vertex_angles(*half, arithmetic="float16")
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g.astype(np.float64), r)
+    assert max(np.abs(f - r).max() for f, r in zip(vertex_angles(*half), ref)) > 0.01  # float64 differs
+    (a, b, c), prob = _torch_most_probable(*ref)
+    tri = most_probable_triangle(*half, arithmetic="float16")
+    assert tri.angles == (a, b, c) and tri.probability == pytest.approx(prob, rel=1e-12)

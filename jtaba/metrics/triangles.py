@@ -36,9 +36,49 @@ def _vertex_dots(g: dict) -> dict:
     }
 
 
-def vertex_angles(noise, samples, latents) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+ARITHMETICS = ("float64", "float16")
+
+
+def _round16(v) -> np.ndarray:
+    with np.errstate(over="ignore"):  # beyond 65504 float16 holds inf, as torch's half tensors
+        return np.asarray(v).astype(np.float16)
+
+
+def _half_angles(noise, samples, latents) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``vertex_angles`` as upstream's ``most_probable_triangle.py`` computed them on float16 tensors (DiT, IF):
+    edge vectors ns = noise − sample, ls = latent − sample, nl = noise − latent rounded to float16; per angle
+    ``torch.dot`` (float64 sum) and both ``norm()`` (float32 sum in order, float32 sqrt) rounded to float16, their
+    product, the quotient, ``clamp``, ``acos`` and ``rad2deg`` (float32 op, float16 result) each rounded once."""
+    deg = np.float32(180.0 / np.pi)
+
+    def norm(u):  # torch's half norm sums the float32 squares in order (rounding ties come out as torch's)
+        squares = np.square(u.astype(np.float32))
+        return _round16(np.sqrt(np.cumsum(squares, axis=1, dtype=np.float32)[:, -1])).astype(np.float32)
+
+    def angle(u, v):
+        dot = _round16(np.einsum("nd,nd->n", u, v)).astype(np.float32)
+        nu, nv = norm(u), norm(v)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = _round16(dot / _round16(nu * nv).astype(np.float32))
+        cos = np.clip(cos, np.float16(-1), np.float16(1)).astype(np.float32)
+        return _round16(_round16(np.arccos(cos)).astype(np.float32) * deg)
+
+    parts = []
+    for n, s, lat in float64_blocks(noise, samples, latents):
+        n, s, lat = (_round16(a).astype(np.float64) for a in (n, s, lat))
+        ns, ls, nl = (_round16(a).astype(np.float64) for a in (n - s, lat - s, n - lat))
+        parts.append((angle(nl, -ls), angle(ns, ls), angle(-nl, -ns)))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def vertex_angles(noise, samples, latents, arithmetic: str = "float64") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-sample angles in degrees (most_probable_triangle.calculate_angle: acos(clamp(u.v / (|u||v|), -1, 1)))
-    at the latent, image and noise vertices: (angle_l, angle_s, angle_n), each (N,)."""
+    at the latent, image and noise vertices: (angle_l, angle_s, angle_n), each (N,). ``arithmetic="float16"``:
+    upstream's float16 computation for DiT / IF (``_half_angles``; float16 angles); default float64."""
+    if arithmetic == "float16":
+        return _half_angles(noise, samples, latents)
+    if arithmetic != "float64":
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
     dots = _vertex_dots(_per_sample_geometry(noise, samples, latents))
 
     def angle(dot, nu, nv):
@@ -121,9 +161,9 @@ class Triangle:
         return self.angle_l, self.angle_s, self.angle_n
 
 
-def most_probable_triangle(noise, samples, latents) -> Triangle:
-    """``most_probable_triangle.main`` on in-memory (N, C, H, W) arrays."""
-    angle_l, angle_s, angle_n = vertex_angles(noise, samples, latents)
+def most_probable_triangle(noise, samples, latents, arithmetic: str = "float64") -> Triangle:
+    """``most_probable_triangle.main`` on in-memory (N, C, H, W) arrays (``arithmetic``: ``vertex_angles``)."""
+    angle_l, angle_s, angle_n = vertex_angles(noise, samples, latents, arithmetic)
     hists = [angle_histogram(x) for x in (angle_l, angle_s, angle_n)]
     (a, b, c), prob = find_max_prob_triangle(*hists)
     return Triangle(a, b, c, prob, *hists)
