@@ -396,7 +396,12 @@ def write_outputs(result: dict, out: str) -> None:
     io.write_text(os.path.join(out, "alignment.md"), markdown(result) + "\n")
 
 
-main = cli.training_analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="alignment", paper_ref="App. G.3, Fig. 16-19", options_class=Options, build_parser=build_parser,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
+    default_out=default_out, training=True,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -307,7 +307,12 @@ def network_passes(ws, opts: Options) -> int:
     return math.ceil(total / opts.steps)
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="assignment", paper_ref="Sec. 4.3, Tab. 8, App. E, Fig. 12-13", options_class=Options,
+    build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
+    options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes, console=report,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

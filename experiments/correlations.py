@@ -178,7 +178,12 @@ def out_parts(opts: Options) -> list[str]:
     return parts + (["fp16"] if opts.upstream_fp16 else [])
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="correlations", paper_ref="Sec. 3.2, Tab. 2", options_class=Options, build_parser=build_parser,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
+    out_parts=out_parts, console=report,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,12 @@ def out_parts(opts: Options) -> tuple:
     return f"thr{opts.threshold:g}", f"ex{opts.examples}"
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="plain", paper_ref="Sec. 3.3, Tab. 5, App. C, Fig. 11", options_class=Options, build_parser=build_parser,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
+    out_parts=out_parts, console=report,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

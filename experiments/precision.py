@@ -137,7 +137,12 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="precision", paper_ref="float32 vs tf32 vs bfloat16 on the paper's quantities", options_class=Options,
+    build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
+    options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

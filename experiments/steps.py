@@ -186,7 +186,12 @@ def network_passes(ws, opts: Options) -> int:
     return math.ceil(3 * sum(opts.all_steps) / opts.steps)
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="steps", paper_ref="App. B.2 Tab. 10, App. E.2 Tab. 11", options_class=Options, build_parser=build_parser,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
+    out_parts=out_parts, network_passes=network_passes, console=report,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

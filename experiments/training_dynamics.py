@@ -280,7 +280,12 @@ def write_outputs(result: dict, out: str, figures: bool = True) -> None:
                 plot(result[part], os.path.join(out, f"{part}.png"), head)
 
 
-main = cli.training_analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="training_dynamics", paper_ref="App. G.1, G.2, Fig. 14-15", options_class=Options, build_parser=build_parser,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
+    default_out=default_out, training=True,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,13 @@ def network_passes(ws, opts: Options) -> int:
     return 2
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="trajectories", paper_ref="Sec. 3.3, Fig. 3", options_class=Options, build_parser=build_parser,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
+    out_parts=out_parts, network_passes=network_passes, console=report, own_sizes=("n",),
+    sizes_note="whole sampling and inversion trajectories are recorded (N x T states each)",
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,11 @@ def write_outputs(result: dict, out: str) -> dict:
     return result
 
 
-main = cli.analysis_main(__name__)
+ANALYSIS = cli.Analysis(
+    name="variances", paper_ref="Sec. 3.3, Tab. 4", options_class=Options, build_parser=build_parser, compute=compute,
+    write_outputs=write_outputs, markdown=markdown, console=report,
+)
+main = cli.analysis_main(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ flags, one-line errors, a clean Ctrl-C, and a warning before work that would tak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -174,50 +175,101 @@ def add_analysis_flags(p: argparse.ArgumentParser, defaults, n_help: str = STAND
 
 def options_from_args(options_class, args: argparse.Namespace):
     """An options dataclass filled from the flags of the same names (``--null-sets`` -> ``null_sets``)."""
-    import dataclasses
-
     return options_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options_class)
                             if hasattr(args, f.name)})
 
 
-def analysis_main(module_name: str):
-    """The ``main(argv=None)`` of the analysis module ``module_name`` (pass ``__name__``): ``run_analysis`` with
-    one-line errors and a clean Ctrl-C (``entry_point``)."""
+def _no_parts(opts) -> tuple:
+    return ()
+
+
+def _three_passes(ws, opts) -> int:
+    return 3
+
+
+def _always_available(ws, opts) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One analysis command, declared by its ``experiments`` module as ``ANALYSIS`` (its command is
+    ``main = cli.analysis_main(ANALYSIS)``; ``experiments.reproduce`` runs a list of them).
+
+    ``name``: the command's and the output folder's name; ``paper_ref``: what of the paper it reproduces;
+    ``options_class``: its options (a ``jtaba.runs.StandardOptions``); ``build_parser()``: its flags;
+    ``compute(ws, opts)`` -> result (a training analysis, ``training=True``: ``compute(opts, rows_folder)``, the rows
+    folder from ``default_out(opts)``); ``write_outputs(result, out)``: JSON / CSV / PNG; ``markdown(result)``: its
+    report.md section. Optional: ``options_from_args(args)`` (checks, parsing; default: the option fields from the
+    flags of the same names), ``out_parts(opts)`` (output folder name parts for its own settings),
+    ``network_passes(ws, opts)`` (N x T network passes, for the slow-CPU note), ``unavailable(ws, opts)`` (why the
+    model cannot run it, else None), ``console(result)`` (the summary printed at the end; default: the markdown);
+    ``own_sizes``: the run settings it keeps at its own defaults in ``reproduce`` (e.g. ("n", "steps")), with
+    ``sizes_note`` saying why."""
+    name: str
+    paper_ref: str
+    options_class: type
+    build_parser: Callable
+    compute: Callable
+    write_outputs: Callable
+    markdown: Callable
+    options_from_args: Callable | None = None
+    out_parts: Callable = _no_parts
+    network_passes: Callable = _three_passes
+    unavailable: Callable = _always_available
+    console: Callable | None = None
+    default_out: Callable | None = None
+    training: bool = False
+    own_sizes: tuple[str, ...] = ()
+    sizes_note: str = ""
+
+    def options(self, args: argparse.Namespace):
+        """The options of parsed flags: ``options_from_args`` or the fields of the same names, and the run's
+        inputs (``with_inputs``)."""
+        opts = self.options_from_args(args) if self.options_from_args is not None else \
+            options_from_args(self.options_class, args)
+        return opts if self.training else with_inputs(opts, args)
+
+    def summary(self, result) -> str:
+        """What the command prints at the end."""
+        return (self.console or self.markdown)(result)
+
+
+def analysis_main(analysis: Analysis):
+    """The ``main(argv=None)`` of ``analysis``: ``run_analysis`` (``run_training_analysis`` for a training
+    analysis) with one-line errors and a clean Ctrl-C (``entry_point``)."""
 
     @entry_point
     def main(argv: list[str] | None = None) -> str:
         """Run the analysis; returns the output folder."""
-        return run_analysis(sys.modules[module_name], argv)
+        return (run_training_analysis if analysis.training else run_analysis)(analysis, argv)
 
     return main
 
 
-def run_analysis(module, argv=None) -> str:
-    """An analysis module's command: flags -> options -> runs -> tables and figures; returns the output folder.
+def _print_written(out: str) -> None:
+    print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
 
-    ``module`` provides ``build_parser``, ``Options``, ``compute(ws, opts)``, ``write_outputs(result, out)`` and
-    ``markdown(result)``; optionally ``options_from_args(args)`` (checks, parsing), ``out_parts(opts)`` (folder
-    name parts for its own settings), ``report(result)`` (console summary) and ``network_passes(ws, opts)`` (the
-    number of N x T network passes, for the slow-CPU note; default 3)."""
-    spec = getattr(module, "__spec__", None)  # under `python -m`, __name__ is "__main__"
-    name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
-    args = module.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+
+def run_analysis(analysis: Analysis, argv=None) -> str:
+    """An analysis command: flags -> options -> runs -> tables and figures; returns the output folder."""
+    args = analysis.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     initialize_distributed(args)  # before any other JAX call
-    opts = with_inputs(module.options_from_args(args) if hasattr(module, "options_from_args") else
-                       options_from_args(module.Options, args), args)
-    ws = workspace(args)
-    passes = module.network_passes(ws, opts) if hasattr(module, "network_passes") else 3
-    warn_if_slow(opts.n, opts.steps, passes, name)
-    parts = (*input_parts(opts), *(module.out_parts(opts) if hasattr(module, "out_parts") else ()))
-    out = out_dir(args, ws.tag, name, *parts)
-    result = module.compute(ws, opts)
+    opts = analysis.options(args)
+    ws = dataclasses.replace(workspace(args), label=analysis.name)
+    warn_if_slow(opts.n, opts.steps, analysis.network_passes(ws, opts), analysis.name)
+    reason = analysis.unavailable(ws, opts)
+    if reason:
+        raise ValueError(reason)
+    out = out_dir(args, ws.tag, analysis.name, *input_parts(opts), *analysis.out_parts(opts))
+    result = analysis.compute(ws, opts)
     from jtaba.distributed import is_main
 
     if not is_main():  # every process computes (the runs are collective); process 0 writes
         return out
-    module.write_outputs(result, out)
-    print(module.report(result) if hasattr(module, "report") else module.markdown(result))
-    print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
+    analysis.write_outputs(result, out)
+    print(analysis.summary(result))
+    _print_written(out)
     return out
 
 
@@ -245,25 +297,17 @@ def input_parts(opts) -> list[str]:
     return parts
 
 
-def training_analysis_main(module_name: str):
-    """The ``main(argv=None)`` of an analysis over training runs (``experiments.training_dynamics``,
-    ``experiments.alignment``): flags -> ``options_from_args`` -> ``compute(opts, out)`` (out: --out or
-    ``default_out(opts)``) -> ``write_outputs`` -> the markdown tables; one-line errors (``entry_point``)."""
-
-    @entry_point
-    def main(argv: list[str] | None = None) -> str:
-        """Run the analysis; returns the output folder."""
-        module = sys.modules[module_name]
-        args = module.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-        opts = module.options_from_args(args)
-        out = os.path.abspath(args.out or module.default_out(opts))
-        result = module.compute(opts, out)
-        module.write_outputs(result, out)
-        print(module.markdown(result))
-        print(f"wrote {out}/: {', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))}")
-        return out
-
-    return main
+def run_training_analysis(analysis: Analysis, argv=None) -> str:
+    """An analysis over training runs (``experiments.training_dynamics``, ``experiments.alignment``): flags ->
+    options -> ``compute(opts, out)`` (out: --out or ``default_out(opts)``) -> outputs; returns the output folder."""
+    args = analysis.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    opts = analysis.options(args)
+    out = os.path.abspath(args.out or analysis.default_out(opts))
+    result = analysis.compute(opts, out)
+    analysis.write_outputs(result, out)
+    print(analysis.summary(result))
+    _print_written(out)
+    return out
 
 
 def workspace(args: argparse.Namespace):
