@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Optional, Sequence
 
 import jax
@@ -25,7 +26,12 @@ from jtaba.model import Model, replicate
 from jtaba.runs.fingerprint import model_digest, settings_digest
 from jtaba.runs.reader import METRICS, Run, RunNotFinished, find_run
 from jtaba.runs.settings import SWAP_FILES, RunSettings, folder_name, identity
-from jtaba.runs.store import RunMismatch, RunStore, pending_ranges
+from jtaba.runs.store import SAME_RUN_WAIT_S, RunMismatch, RunStore, pending_ranges
+
+# How far (absolute) outside [-1, 1] given samples of a pixel-space model may go before a warning.
+DATA_RANGE_TOLERANCE = 0.5
+# Run folders this process computed: ``reuse=False`` recomputes a finished run once per process, not on every call.
+_COMPUTED: set = set()
 
 
 
@@ -40,12 +46,27 @@ class _Inputs:
     swap: Optional[dict]  # {"all_t_samples" | "all_t_eps_samples": (T, N, ...)}
 
 
-def _first_bad_row(a: np.ndarray, n: int) -> Optional[int]:
+def _first_bad_row(a: np.ndarray, n: int, limit: Optional[float] = None) -> tuple[Optional[int], Optional[int]]:
+    """(first row of ``a[:n]`` holding NaN / Inf, first row with a value beyond +-``limit``), None where none."""
+    bad_row = far_row = None
     for start in range(0, n, 4096):
-        block = np.asarray(a[start:min(n, start + 4096)])
-        bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        block = np.asarray(a[start:min(n, start + 4096)]).reshape(min(n, start + 4096) - start, -1)
+        bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
-            return start + int(np.argmax(bad))
+            return start + int(np.argmax(bad)), far_row
+        if limit is not None and far_row is None:
+            far = (np.abs(block) > limit).any(axis=1)
+            far_row = start + int(np.argmax(far)) if far.any() else None
+    return bad_row, far_row
+
+
+def _first_non_finite(arrays: dict, start: int) -> Optional[tuple[str, int]]:
+    """(name, sample index) of the first non-finite value in a batch of outputs starting at sample ``start``."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            axis = 1 if name.startswith("all_t_") else 0
+            rows = ~np.isfinite(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)).all(axis=1)
+            return name, start + int(np.argmax(rows))
     return None
 
 
@@ -74,6 +95,9 @@ def _inputs(model: Model, s: RunSettings, mfp: str) -> tuple[_Inputs, int]:
               "forward_noise": s.forward_noise}
     given = [(k, a) for k, a in arrays.items() if a is not None]
     n = s.sample_count()
+    if n < 1:
+        empty = [k for k, a in given if len(a) == 0] or ["swap_from"]
+        raise ValueError(f"{empty[0]} holds no samples (N = 0): nothing to run")
     shape = tuple(model.sample_shape)
     for k, a in given + [("swap_from", np.moveaxis(a, 1, 0)) for a in (swap or {}).values()]:
         if len(a) < n:
@@ -83,9 +107,14 @@ def _inputs(model: Model, s: RunSettings, mfp: str) -> tuple[_Inputs, int]:
         if k != "labels" and k != "swap_from":
             if a.dtype.kind != "f":
                 raise ValueError(f"{k} must be floating point, got {a.dtype}")
-            bad = _first_bad_row(a, n)
+            pixels = k == "samples" and model.decoder is None  # latent models' samples have no fixed range
+            bad, far = _first_bad_row(a, n, 1 + DATA_RANGE_TOLERANCE if pixels else None)
             if bad is not None:
                 raise ValueError(f"{k} holds NaN or Inf in sample {bad}")
+            if far is not None:
+                print(f"jtaba: warning: samples go far outside the model's data range [-1, 1] (sample {far} reaches "
+                      f"{float(np.abs(np.asarray(a[far])).max()):.3g}); are they images scaled to [-1, 1]? Inverting "
+                      f"them as given", file=sys.stderr, flush=True)
     if labels is not None:
         labels = np.asarray(labels[:n])
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
@@ -129,9 +158,10 @@ def _check_model(model: Model, s: RunSettings) -> bool:
     return class_cond
 
 
-def _open_store(out: str, ident: dict, n: int):
+def _open_store(out: str, ident: dict, n: int, recompute: bool = False):
     """Every process checks that it computes the same run as process 0 (same fingerprint); then process 0 opens
-    the run folder and every process learns which samples are done."""
+    the run folder (waiting for another process computing the same run; ``recompute``: a finished run is computed
+    again) and every process learns which samples are done."""
     fp = np.frombuffer(bytes.fromhex(settings_digest(ident)), np.uint8)
     if jax.process_count() > 1:  # before anything is written or sized by N: every process must run the same run
         fps = np.asarray(multihost_utils.process_allgather(fp)).reshape(jax.process_count(), -1)
@@ -142,7 +172,7 @@ def _open_store(out: str, ident: dict, n: int):
     st, status, error = None, np.zeros(n + 1, np.uint8), None
     if jax.process_index() == 0:
         try:
-            st = RunStore(out, ident, n)
+            st = RunStore(out, ident, n, wait_s=SAME_RUN_WAIT_S, recompute=recompute)
             status[0], status[1:] = 1, st.done_mask()
         except RunMismatch as e:
             error = e
@@ -218,6 +248,10 @@ def _compute(model: Model, s: RunSettings, inputs: _Inputs, n: int, st, done, cl
         for name, (a, axis) in res.items():
             host = sharding.gather(a, stop - start, axis)
             arrays[name] = host.astype(np.int64) if name == "conds" else host.astype(np.float32, copy=False)
+        bad = _first_non_finite(arrays, start)
+        if bad is not None:
+            raise ValueError(f"the run's {bad[0]} is NaN or Inf at sample {bad[1]} (the model's output is not finite; "
+                             f"its weights may hold NaN): stopped before writing samples [{start}, {stop})")
         if main:
             st.write(start, stop, arrays)
         bar.update(stop - start)
@@ -233,6 +267,18 @@ def _write_metrics(run: Run, ident: dict, command: Optional[Sequence[str]], deco
         metrics = core_metrics(run["noise"], run["latents"], run.get(p + "samples"), run.get(p + "samples2"))
     params = {**ident, **({"cmd": list(command)} if command is not None else {})}
     io.write_json(os.path.join(run.path, METRICS), {"_params": params, "metrics": metrics})
+
+
+def _metrics_readable(path: str) -> bool:
+    """Whether ``path`` holds valid JSON; a damaged one (truncated, not JSON) is named on stderr."""
+    if not os.path.exists(path):
+        return False
+    try:
+        io.read_json(path)
+        return True
+    except ValueError as e:
+        print(f"jtaba: {e}; it is written again", file=sys.stderr, flush=True)
+        return False
 
 
 def plan(model: Model, settings: RunSettings) -> tuple[dict, int]:
@@ -258,7 +304,8 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
 
     ``out``: the run folder (a folder holding another run is refused). Without it, a finished run under ``root``
     that serves these settings (same model and input fingerprints and settings, possibly recording more) is
-    reused when ``reuse``; otherwise the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>``, where
+    reused when ``reuse`` (without it, a finished run in the folder is computed again, once per process); otherwise
+    the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>``, where
     an interrupted run of the same settings resumes. ``command`` (argv) is recorded in metrics.json; ``mesh``: a
     1-D data mesh (default: every device of every process); ``desc`` labels the progress bar."""
     settings.check()
@@ -273,22 +320,23 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
             return found
         out = os.path.join(root, tag, "sample_invert", folder_name(settings, n, settings_digest(ident)))
     out = os.path.abspath(out)
-    st, done = _open_store(out, ident, n)
+    st, done = _open_store(out, ident, n, recompute=not reuse and out not in _COMPUTED)
     try:
         if not done.all():
             _compute(model, settings, inputs, n, st, done, class_cond, progress, mesh or sharding.data_mesh(), desc)
         if jax.process_index() == 0:
             st.finalize()
-            result = Run(out)
-            if not os.path.exists(os.path.join(out, METRICS)):
+            result = Run(out, verify=False)  # the store verified or wrote its files
+            if not _metrics_readable(os.path.join(out, METRICS)):
                 _write_metrics(result, ident, command, model.decoder is not None)
+        _COMPUTED.add(out)
     finally:
         if st is not None:
             st.close()
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jtaba.runs.run finalized")
     try:
-        return Run(out)
+        return Run(out, verify=False)
     except RunNotFinished:  # another process's view of a folder that is not on a shared file system
         return None
 
