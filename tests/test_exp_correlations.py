@@ -33,6 +33,14 @@ def upstream_top_k_corr_in_patches(x, patch_size=8, top_k=20):
     return {"mean": v.mean(), "std": v.std(ddof=1)}
 
 
+def upstream_half(x):
+    """upstream get_top_k_corr_in_patches (patch 8, top 20) on float16 torch tensors, as its Tab. 2 script ran it."""
+    import torch
+
+    from tests.test_metrics_correlation import _torch_top_k_corr_in_patches
+    return _torch_top_k_corr_in_patches(torch.from_numpy(np.asarray(x).astype(np.float16)), 8, 20)
+
+
 def oracle_null(shape, sets, seed, fp16=False):
     """Re-draw the null sets as documented (one generator, set after set, patches row-major) as whole arrays."""
     n, c, h, w = shape
@@ -45,7 +53,7 @@ def oracle_null(shape, sets, seed, fp16=False):
                 ph, pw = min(8, h - i), min(8, w - j)
                 b = rng.standard_normal((n, c, ph, pw))
                 full[:, :, i:i + ph, j:j + pw] = b.astype(np.float16) if fp16 else b
-        out.append(upstream_top_k_corr_in_patches(full))
+        out.append(upstream_half(full) if fp16 else upstream_top_k_corr_in_patches(full))
     return out
 
 
@@ -60,8 +68,9 @@ def correlated(n, c, h, w, seed=0):
 def test_array_correlation_matches_upstream_with_border_patches(fp16):
     x = correlated(40, 3, 12, 12)  # patches 8x8, 8x4, 4x8, 4x4
     got = analysis.array_correlation(x, fp16=fp16)
-    want = upstream_top_k_corr_in_patches(x.astype(np.float16) if fp16 else x)
-    np.testing.assert_allclose([got.mean, got.std], [want["mean"], want["std"]], rtol=1e-10)
+    want = upstream_half(x) if fp16 else upstream_top_k_corr_in_patches(x)
+    # float16: per-patch float16 mean / std pooled in float64, upstream's one float16 mean / std of all values
+    np.testing.assert_allclose([got.mean, got.std], [want["mean"], want["std"]], rtol=2e-3 if fp16 else 1e-10)
     assert got.mean > 0.9  # the shared field makes channels almost perfectly correlated
 
 
@@ -130,17 +139,17 @@ def test_correlations_end_to_end(tmp_path):
     with open(os.path.join(out, "correlations.json")) as f:
         assert json.load(f) == res
 
-    # --upstream-fp16 on the same run: every input (null sets too) rounded to float16 first
+    # --upstream-fp16 on the same run: every input (null sets too) in float16, coefficients in float16 arithmetic
     out16 = correlations.main(common + ["--upstream-fp16", "--out", str(tmp_path / "corr16")])
     assert os.path.getmtime(os.path.join(run, "samples.npy")) == mtime
     with open(os.path.join(out16, "correlations.json")) as f:
         res16 = json.load(f)
     assert res16["upstream_fp16"] and res16["run"] == run
     for k, a in arrays.items():
-        want = upstream_top_k_corr_in_patches(a.astype(np.float16))
-        assert res16["correlation"][k]["mean"] == pytest.approx(want["mean"], rel=1e-10)
+        want = upstream_half(a)
+        assert res16["correlation"][k]["mean"] == pytest.approx(want["mean"], rel=2e-3)
     null16 = oracle_null((32, *SHAPE), 3, 5, fp16=True)
-    assert res16["null"]["mean"] == pytest.approx(np.mean([w["mean"] for w in null16]), rel=1e-10)
+    assert res16["null"]["mean"] == pytest.approx(np.mean([w["mean"] for w in null16]), rel=2e-3)
 
 
 def test_default_out_folder_names_non_default_settings():

@@ -74,7 +74,7 @@ def _pool(parts: list[tuple[int, float, float]]) -> PatchCorrelation:
     return PatchCorrelation(float(mean), float(np.sqrt(ss / (total - 1))) if total > 1 else float("nan"))
 
 
-def patch_correlation(blocks: Iterable[np.ndarray]) -> PatchCorrelation:
+def patch_correlation(blocks: Iterable[np.ndarray], arithmetic: str = "float64") -> PatchCorrelation:
     """The patch-correlation metric (patch 8, top 20) of an array given as its patches: ``blocks`` yields each
     patch (N, C, ph, pw); every patch goes through ``jtaba.metrics.top_k_corr_in_patches`` alone and the per-patch
     mean / std are pooled exactly, so only one patch is in memory (memmaps, float16 casts, patch-wise null draws)."""
@@ -83,14 +83,14 @@ def patch_correlation(blocks: Iterable[np.ndarray]) -> PatchCorrelation:
         d = int(np.prod(b.shape[1:]))
         if d < 2:
             continue
-        r = top_k_corr_in_patches(b, patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K)
+        r = top_k_corr_in_patches(b, patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K, arithmetic=arithmetic)
         parts.append((min(CORRELATION_TOP_K, d * (d - 1) // 2), r["mean"], r["std"]))
     return _pool(parts)
 
 
 def array_correlation(x, fp16: bool = False) -> PatchCorrelation:
-    """``patch_correlation`` of an (N, C, H, W) array (memmap), optionally rounded to float16 patch by patch (as
-    upstream's correlation.py ``__main__``, the Tab. 2 producer)."""
+    """``patch_correlation`` of an (N, C, H, W) array (memmap), optionally rounded to float16 patch by patch and
+    measured in float16 arithmetic (as upstream's correlation.py ``__main__``, the Tab. 2 producer)."""
     x = np.asarray(x)  # a view for memmaps: patches are read one at a time
     if x.ndim != 4:
         raise ValueError(f"expected (N, C, H, W), got shape {x.shape}")
@@ -100,7 +100,7 @@ def array_correlation(x, fp16: bool = False) -> PatchCorrelation:
             b = np.asarray(x[:, :, i:i + ph, j:j + pw])
             yield b.astype(np.float16) if fp16 else b
 
-    return patch_correlation(blocks())
+    return patch_correlation(blocks(), "float16" if fp16 else "float64")
 
 
 def null_correlation(shape, sets: int, seed: int = 0, fp16: bool = False) -> NullCorrelation:
@@ -115,7 +115,7 @@ def null_correlation(shape, sets: int, seed: int = 0, fp16: bool = False) -> Nul
             b = rng.standard_normal((n, c, ph, pw))
             yield b.astype(np.float16) if fp16 else b
 
-    per_set = tuple(patch_correlation(blocks()) for _ in range(sets))
+    per_set = tuple(patch_correlation(blocks(), "float16" if fp16 else "float64") for _ in range(sets))
     means = np.array([r.mean for r in per_set], np.float64)
     stds = np.array([r.std for r in per_set], np.float64)
 
@@ -128,7 +128,9 @@ def null_correlation(shape, sets: int, seed: int = 0, fp16: bool = False) -> Nul
 def correlation_table(noise, latents, samples, *, null_sets: int = 5, null_seed: int = 0,
                       fp16: bool = False) -> CorrelationTable:
     """``CorrelationTable`` of (N, C, H, W) noise, latents and samples; ``null_sets`` Gaussian sets of the noise's
-    shape (0: no null row); ``fp16`` rounds every input (the null sets included) to float16 first."""
+    shape (0: no null row); ``fp16`` rounds every input (the null sets included) to float16 and computes the
+    coefficients in float16 as upstream (``top_k_corr_in_patches(arithmetic="float16")``; the per-patch float16
+    means / stds are pooled in float64)."""
     if null_sets < 0:
         raise ValueError(f"null_sets must be >= 0, got {null_sets}")
     rows = {k: array_correlation(x, fp16) for k, x in zip(ROWS, (noise, latents, samples))}
