@@ -9,7 +9,8 @@ noise (x_T), image (x_0) and latent (x̂_T) vertices, their 1-degree histograms 
 with the highest joint probability (upstream ``most_probable_triangle.py``), the mean angles (``calc_angles``: acos
 of the mean cosine) and the mean L2 distances (``calc_distances``). Writes triangles.json, triangles.csv (one row,
 the paper's table columns) and triangles.png (the most probable triangle to scale with its angles, and the three
-histograms) into --out.
+histograms) into --out. ``--upstream-fp16`` computes the per-sample angles in float16 arithmetic as upstream did for
+DiT / IF (its tensors were float16); the mean angles and distances stay float64.
 """
 from __future__ import annotations
 
@@ -28,12 +29,20 @@ SIDES = {("noise", "latent"): "noise_lat", ("image", "latent"): "img_lat", ("ima
 @dataclasses.dataclass(frozen=True)
 class Options(StandardOptions):
     """The standard run's settings (``jtaba.runs.StandardOptions``)."""
+    upstream_fp16: bool = False
 
 
 def build_parser():
     p = cli.parser("python -m experiments.triangles", __doc__)
     cli.add_analysis_flags(p, Options)
+    p.add_argument("--upstream-fp16", action="store_true",
+                   help="per-sample angles and the most probable triangle in float16 arithmetic, as upstream's "
+                        "most_probable_triangle.py on DiT / IF tensors (Tab. 3); default float64")
     return p
+
+
+def out_parts(opts: Options) -> list[str]:
+    return ["fp16"] if opts.upstream_fp16 else []
 
 
 def csv_row(result: dict) -> dict:
@@ -97,7 +106,8 @@ def compute(ws, opts: Options) -> dict:
 
     run = ws.run(opts.run_settings())
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "run": run.path, **analysis.of_run(run).to_json()}
+            "run": run.path, "upstream_fp16": opts.upstream_fp16,
+            **analysis.of_run(run, "float16" if opts.upstream_fp16 else "float64").to_json()}
 
 
 def markdown(result: dict) -> str:
@@ -121,7 +131,7 @@ def write_outputs(result: dict, out: str) -> dict:
 
 ANALYSIS = cli.Analysis(
     name="triangles", paper_ref="Sec. 3.3, Tab. 3, App. B, Fig. 9", options_class=Options, build_parser=build_parser,
-    compute=compute, write_outputs=write_outputs, markdown=markdown, console=report,
+    compute=compute, write_outputs=write_outputs, markdown=markdown, console=report, out_parts=out_parts,
 )
 main = cli.analysis_main(ANALYSIS)
 

@@ -62,13 +62,15 @@ def _histograms(hists: dict) -> dict:
     return {"bin_left_edges": ANGLE_BIN_EDGES[:-1].tolist(), **{k: np.asarray(hists[k]).tolist() for k in VERTICES}}
 
 
-def triangle_stats(noise, samples, latents) -> TriangleStats:
-    """``TriangleStats`` of (N, C, H, W) noise, samples and latents (arrays or memory maps)."""
-    angle_l, angle_s, angle_n = vertex_angles(noise, samples, latents)
+def triangle_stats(noise, samples, latents, arithmetic: str = "float64") -> TriangleStats:
+    """``TriangleStats`` of (N, C, H, W) noise, samples and latents (arrays or memory maps); ``arithmetic``
+    "float16": the per-sample angles and the most probable triangle as upstream computed them for DiT / IF
+    (``jtaba.metrics.triangles.vertex_angles``)."""
+    angle_l, angle_s, angle_n = vertex_angles(noise, samples, latents, arithmetic)
     per_sample = {"latent": angle_l, "image": angle_s, "noise": angle_n}
     triangle, histograms, error = None, None, None
     try:
-        t = most_probable_triangle(noise, samples, latents)
+        t = most_probable_triangle(noise, samples, latents, arithmetic)
         triangle = MostProbableTriangle(t.angle_l, t.angle_s, t.angle_n, t.probability)
         histograms = _histograms({"latent": t.hist_l, "image": t.hist_s, "noise": t.hist_n})
     except ValueError as e:
@@ -84,6 +86,6 @@ def triangle_stats(noise, samples, latents) -> TriangleStats:
         most_probable_triangle_error=error)
 
 
-def of_run(run) -> TriangleStats:
+def of_run(run, arithmetic: str = "float64") -> TriangleStats:
     """``triangle_stats`` of a finished ``jtaba.runs.Run`` (its noise, samples and latents)."""
-    return triangle_stats(*(run[k] for k in RUN_ARRAYS))
+    return triangle_stats(*(run[k] for k in RUN_ARRAYS), arithmetic)
