@@ -11,7 +11,7 @@ import time
 import pytest
 
 from jtaba.runs import store
-from tests.test_store import N, PARAMS, batch
+from tests.test_store import PARAMS, N, batch
 
 
 @pytest.fixture
@@ -102,6 +102,7 @@ def test_an_empty_lock_is_stale(tmp_path):
     open(lock, "w").close()
     os.utime(lock, (time.time() - 10, time.time() - 10))
     st = store.RunStore(d, PARAMS, N)
-    assert open(lock).read().split(" ")[0] == str(os.getpid())
+    with open(lock) as f:
+        assert f.read().split(" ")[0] == str(os.getpid())
     st.close()
     assert not os.path.exists(lock)

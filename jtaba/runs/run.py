@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jtaba import engine, io, sharding
+from jtaba import distributed, engine, io, sharding
 from jtaba import noise as noise_lib
 from jtaba.api import Swap, decode, invert, sample
 from jtaba.model import Model, replicate
@@ -266,7 +266,9 @@ def _write_metrics(run: Run, ident: dict, command: Optional[Sequence[str]], deco
         p = "decoded_" if decoded else ""
         metrics = core_metrics(run["noise"], run["latents"], run.get(p + "samples"), run.get(p + "samples2"))
     params = {**ident, **({"cmd": list(command)} if command is not None else {})}
-    io.write_json(os.path.join(run.path, METRICS), {"_params": params, "metrics": metrics})
+    # the processes and devices it ran on: beside the identity, never in it (results do not depend on them)
+    io.write_json(os.path.join(run.path, METRICS), {"_params": params, "metrics": metrics,
+                                                    "topology": distributed.topology()})
 
 
 def _metrics_readable(path: str) -> bool:
@@ -316,9 +318,12 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
     ident = identity(settings, n, mfp)
     if out is None:
         found = find_run(root, ident) if reuse else None
-        if found is not None:
+        if found is not None and _metrics_readable(os.path.join(found.path, METRICS)):
             return found
-        out = os.path.join(root, tag, "sample_invert", folder_name(settings, n, settings_digest(ident)))
+        if found is not None:  # a damaged metrics.json: rewritten below, under the run's lock
+            out, ident = found.path, found.identity
+        else:
+            out = os.path.join(root, tag, "sample_invert", folder_name(settings, n, settings_digest(ident)))
     out = os.path.abspath(out)
     st, done = _open_store(out, ident, n, recompute=not reuse and out not in _COMPUTED)
     try:
