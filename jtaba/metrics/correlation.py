@@ -93,6 +93,12 @@ def _mean_std(values: np.ndarray) -> dict:
     return {"mean": float(mean), "std": float(std)}
 
 
+def require_samples(n: int, least: int = 2, what: str = "correlations across samples") -> None:
+    """ValueError unless there are ``least`` samples (a Pearson correlation of one sample is 0 / 0)."""
+    if n < least:
+        raise ValueError(f"{what} need N >= {least} samples, got N = {n} (raise --n)")
+
+
 def top_k_corr_in_patches(x, patch_size: int = 8, top_k: int = 20, arithmetic: str = "float64") -> dict:
     """``get_top_k_corr_in_patches`` (every upstream call uses patch 8, top_k 20): for each non-overlapping patch
     (border patches may be smaller) with D = C*ph*pw > 1 features (channel-major order), the top-min(k, D(D-1)/2)
@@ -102,6 +108,7 @@ def top_k_corr_in_patches(x, patch_size: int = 8, top_k: int = 20, arithmetic: s
     if x.ndim != 4:
         raise ValueError(f"expected (N, C, H, W), got shape {x.shape}")
     n, _, h, w = x.shape
+    require_samples(n)
     collected = []
     for i in range(0, h, patch_size):
         for j in range(0, w, patch_size):
@@ -125,6 +132,7 @@ def top_k_corr(x, top_k: int = 10, block: int = 1024, arithmetic: str = "float64
     Computed in row blocks of ``block`` features (memory ~ N*D + block*D float64). ``arithmetic``: module
     docstring."""
     p = flat_rows(x)
+    require_samples(len(p))
     d = p.shape[1]
     if top_k > d * d:
         raise ValueError(f"top_k={top_k} exceeds the {d * d} matrix entries")
