@@ -8,20 +8,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtaba import engine
+from jtaba import engine, inverters
 from jtaba import precision as precision_lib
-from jtaba.noise import normal_per_index
+from jtaba.inverters import Method
 from jtaba.model import Model
+from jtaba.noise import normal_per_index
 
 
 class Trajectory(NamedTuple):
     """``x`` (B, C, H, W) final state; when recorded, ``xs`` / ``eps`` / ``x0`` are (T, B, C, H, W): the state after
     each step, the ε used and the (clipped) x0 prediction; index 0 = first step of the loop (noisiest for sampling,
-    cleanest for inversion)."""
+    cleanest for inversion).
+
+    An inversion also says how to sample it back (``sample(model, inverted, steps=T)`` takes it as-is): ``method``
+    (``jtaba.inverters.Method``), ``paired`` (edict's second state y or bdia / belm's x_1, (B, C, H, W); ddpm's noise
+    maps, (T, B, C, H, W) in sampling order; else None), ``null_cond`` (npi: the source condition, the null
+    condition of the reconstruction), ``steps``. ``nfe``: network evaluations per image of this call (a guided
+    evaluation counts twice)."""
     x: jax.Array
     xs: Optional[jax.Array] = None
     eps: Optional[jax.Array] = None
     x0: Optional[jax.Array] = None
+    method: Method = inverters.DDIM
+    paired: Optional[jax.Array] = None
+    null_cond: Optional[jax.Array] = None
+    steps: Optional[int] = None
+    nfe: int = 0
 
 
 class Swap(NamedTuple):
@@ -86,32 +98,110 @@ def _precise(model: Model, precision: Optional[str]) -> tuple[Model, str]:
     return precision_lib.with_precision(model, p), p
 
 
-def _trajectory(x, rec) -> Trajectory:
+def _trajectory(x, rec, **kw) -> Trajectory:
     if rec is None:
-        return Trajectory(_nchw(x))
-    return Trajectory(_nchw(x), _nchw(rec.xs), _nchw(rec.eps), _nchw(rec.x0))
+        return Trajectory(_nchw(x), **kw)
+    return Trajectory(_nchw(x), _nchw(rec.xs), _nchw(rec.eps), _nchw(rec.x0), **kw)
+
+
+def _method(name, options: dict) -> Method:
+    if isinstance(name, Method):
+        if options:
+            raise ValueError("pass method options either in the Method or as keywords, not both")
+        return name
+    return Method.of(name, **options)
+
+
+def _sample_method(model: Model, noise, steps: int, cond, guidance, record: bool, precision: str,
+                   method: Method) -> Trajectory:
+    """Sampling with a method other than ddim from an array or an inversion (``Trajectory``)."""
+    inverted = noise if isinstance(noise, Trajectory) else None
+    x = noise.x if inverted is not None else noise
+    _check(model, "noise", x)
+    paired = inverted.paired if inverted is not None else None
+    if method.name == "ddpm" and paired is None:
+        raise ValueError("ddpm sampling needs the noise maps of a ddpm inversion: pass what invert(...) returned")
+    if paired is not None and method.name == "ddpm" and paired.shape[0] != steps:
+        raise ValueError(f"the ddpm inversion holds {paired.shape[0]} noise maps, sampling asked for steps={steps}")
+    cond, null, guided = _cond(model, cond, x.shape[0], guidance)
+    spec = _spec(model, steps, False, record=record, guided=guided, method=method, paired=paired is not None)
+    with precision_lib.scope(precision):
+        out, _, rec = engine.run_method(spec, model.params, _nhwc(x), None if paired is None else _nhwc(paired),
+                                        cond, null, guidance)
+    nfe = method.network_calls(steps, False, paired is not None) * (2 if guided else 1)
+    return _trajectory(out, rec, method=method, steps=steps, nfe=nfe)
 
 
 def sample(model: Model, noise, *, steps: int, cond=None, guidance=1.0, record: bool = False,
-           precision: Optional[str] = None) -> Trajectory:
+           precision: Optional[str] = None, method=None, **method_options) -> Trajectory:
     """DDIM sampling (η = 0) from ``noise`` (B, C, H, W) with ``steps`` steps. ``cond``: class labels (B,) int or
     prompt embeddings (B, L, D); ``guidance`` ≠ 1 enables classifier-free guidance (traced: no recompile per value).
     ``precision``: "float32" (matmuls / convolutions at precision highest: a GPU gives a CPU's numbers), "tf32" or
-    "bfloat16" (``jtaba.precision``); default: the model's compute dtype ("bfloat16" or "float32")."""
-    _check(model, "noise", noise)
+    "bfloat16" (``jtaba.precision``); default: the model's compute dtype ("bfloat16" or "float32").
+
+    ``noise`` may be what ``invert`` returned (a ``Trajectory``): its method, paired state or noise maps and (npi)
+    null condition are used, so ``sample(model, invert(model, x, steps=T, method=M), steps=T)`` reconstructs x.
+    ``method`` (a name of ``jtaba.inverters.METHODS`` or a ``Method``) with its ``method_options`` samples with that
+    method's sampler (edict from (z, z), bdia / belm from z with a first DDIM step; ddpm needs noise maps)."""
+    inverted = noise if isinstance(noise, Trajectory) else None
+    if method is None:
+        method = inverted.method if inverted is not None else inverters.DDIM
+    method = _method(method, method_options)
+    if inverted is not None:
+        if inverted.method != method:
+            raise ValueError(f"this latent was inverted with {inverted.method.name} {inverted.method.options()}, "
+                             f"sampling asked for {method.name} {method.options()}")
+        if inverted.steps is not None and inverted.steps != steps and method.name != "ddim":
+            raise ValueError(f"this latent was inverted with steps={inverted.steps}, sampling asked for {steps}")
     model, precision = _precise(model, precision)
-    cond, null, guided = _cond(model, cond, noise.shape[0], guidance)
+    if method.name not in ("ddim", "npi"):
+        return _sample_method(model, noise, steps, cond, guidance, record, precision, method)
+    x = inverted.x if inverted is not None else noise
+    _check(model, "noise", x)
+    reason = inverters.check_model(method, model.conditional)
+    if reason:
+        raise ValueError(reason)
+    cond, null, guided = _cond(model, cond, x.shape[0], guidance)
+    if method.name == "npi" and guided:
+        if inverted is None or inverted.null_cond is None:
+            raise ValueError("npi sampling takes what invert(..., method='npi') returned (its source condition "
+                             "is the null condition)")
+        null = inverted.null_cond
     spec = _spec(model, steps, False, record=record, guided=guided)
     with precision_lib.scope(precision):
-        x, rec = engine.run_loop(spec, model.params, _nhwc(noise), cond, null, guidance)
-    return _trajectory(x, rec)
+        out, rec = engine.run_loop(spec, model.params, _nhwc(x), cond, null, guidance)
+    return _trajectory(out, rec, method=method, steps=steps, nfe=steps * (2 if guided else 1))
+
+
+def _invert_method(model: Model, x, steps: int, cond, guidance, record: bool, precision: str, method: Method,
+                   indices) -> Trajectory:
+    """Inversion with a method other than ddim / npi (``jtaba.inverters``)."""
+    B = x.shape[0]
+    cond, null, guided = _cond(model, cond, B, guidance)
+    draws = None
+    if method.name == "ddpm":
+        idx = jnp.arange(B, dtype=jnp.int32) if indices is None else jnp.asarray(indices, jnp.int32)
+        draws = _nhwc(inverters.ddpm_draws(method.seed, idx, tuple(x.shape[1:]), steps))
+    spec = _spec(model, steps, True, record=record, guided=guided, method=method)
+    with precision_lib.scope(precision):
+        out, paired, rec = engine.run_method(spec, model.params, _nhwc(x), None, cond, null, guidance, draws)
+    nfe = method.network_calls(steps, True) * (2 if guided else 1)
+    return _trajectory(out, rec, method=method, paired=_nchw(paired), steps=steps, nfe=nfe)
 
 
 def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool = False, forward_before: int = 0,
            forward_noise=None, forward_key=None, forward_level: str = "exact",
-           swap: Optional[Swap] = None, precision: Optional[str] = None) -> Trajectory:
+           swap: Optional[Swap] = None, precision: Optional[str] = None, method="ddim", indices=None,
+           **method_options) -> Trajectory:
     """DDIM inversion of clean samples ``x`` (B, C, H, W) to latents, in the model's convention (ADM: network at
     the source index, last step to ᾱ = 0; diffusers: network at the target label).
+
+    ``method`` (``jtaba.inverters.METHODS``, or a ``Method``) with its ``method_options`` (edict: mix; bdia: gamma;
+    fixed-point: iterations, anderson, average; ddpm: seed) inverts with that method; the result is what
+    ``sample(model, result, steps=T)`` takes back. npi inverts with the condition alone (w = 1, whatever
+    ``guidance``) and keeps it as the reconstruction's null condition (conditional models only). ``indices`` (B,)
+    int: the sample positions of the rows (ddpm draws its per-step noise from (seed, index, step); default 0..B−1).
+    Forward replacement and swaps are DDIM's (and npi's) only.
 
     ``forward_before=K`` replaces the first K steps with closed-form forward diffusion q(x_t | x_0) using
     ``forward_noise`` (like x) or noise drawn from ``forward_key`` per sample position (``jtaba.noise``, so a row's
@@ -120,7 +210,18 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
     for ADM). ``swap`` replaces the first K steps' ε or x_t with ground truth (see ``Swap``). ``precision`` as in
     ``sample``."""
     _check(model, "x", x)
+    method = _method(method, method_options)
     model, precision = _precise(model, precision)
+    reason = inverters.check_model(method, model.conditional)
+    if reason:
+        raise ValueError(reason)
+    if method.name not in ("ddim", "npi"):
+        if forward_before or (swap is not None and swap.before > 0):
+            raise ValueError(f"forward replacement and ground-truth swaps are DDIM's; method {method.name} takes "
+                             f"neither")
+        return _invert_method(model, x, steps, cond, guidance, record, precision, method, indices)
+    if method.name == "npi":
+        guidance = 1.0
     B, T = x.shape[0], steps
     if not isinstance(forward_before, (int, np.integer)) or not 0 <= forward_before <= T:
         raise ValueError(f"forward_before must be an int in [0, steps={T}], got {forward_before!r}")
@@ -154,7 +255,8 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
     with precision_lib.scope(precision):
         out, rec = engine.run_loop(spec, model.params, _nhwc(x), cond, null, guidance, forward_before,
                                    forward_noise, swap_src)
-    return _trajectory(out, rec)
+    return _trajectory(out, rec, method=method, null_cond=cond if method.name == "npi" else None, steps=T,
+                       nfe=(T - forward_before) * (2 if guided else 1))
 
 
 def decode(model: Model, z, precision: Optional[str] = None) -> jax.Array:

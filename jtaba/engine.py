@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtaba import inverters
 from jtaba.diffusion import DiffusionConfig
+from jtaba.inverters import DDIM, Method
 from jtaba.schedules import StepTable, step_tables
 
 
@@ -46,6 +48,8 @@ class LoopSpec:
     swap_before: int = 0
     forward: bool = False
     forward_level: str = "exact"  # "exact" | "upstream"
+    method: Method = DDIM  # ddim / npi: ``run_loop``; the others: ``run_method`` (``jtaba.inverters``)
+    paired: bool = False  # sampling from a paired latent (edict's y, bdia / belm's x_1, ddpm's noise maps)
 
     def table(self) -> StepTable:
         tables = step_tables(self.diffusion, self.steps)
@@ -170,6 +174,74 @@ def run_step(spec: LoopSpec, params, x, index, cond=None, null_cond=None, guidan
     Returns (x_next, eps, x0)."""
     row = jax.tree.map(lambda v: jnp.asarray(v)[index], spec.table()._replace(fwd_sqrt_a=None, fwd_sqrt_1m_a=None))
     return ddim_step(spec, params, x, index, row, cond, null_cond, jnp.asarray(guidance, jnp.float32))
+
+
+def _method_loop(spec: LoopSpec, params, x, paired, cond, null_cond, guidance, draws):
+    name, T = spec.method.name, spec.steps
+    table = jax.tree.map(jnp.asarray, inverters.method_table(spec.diffusion, T, spec.method))
+
+    def eps_fn(state, label):
+        return predict_eps(spec, params, state, label, cond, null_cond, guidance)
+
+    order = jnp.arange(T)
+    if spec.invert and name != "ddpm":
+        order = order[::-1]  # inversion step k mirrors sampling step k
+    if name in ("bdia", "belm") and spec.invert:  # a DDIM step from the image, then steps T-1 .. 1 inverted
+        order = jnp.concatenate([order[:1], order[:-1]])
+    if name in ("bdia", "belm") and spec.paired and not spec.invert:
+        order = order[1:]  # the pair (x_0, x_1) replaces the DDIM step 0
+    carry, extra = x, None  # extra: a per-step scan input besides k
+    if name == "edict":
+        carry = (x, paired if spec.paired and not spec.invert else x)
+        rule = functools.partial(inverters.edict_invert if spec.invert else inverters.edict_sample, eps_fn,
+                                 spec.method.mix)
+    elif name in ("bdia", "belm") and spec.invert:
+        carry, extra = (x, x), jnp.arange(T) == 0
+        rule = functools.partial(inverters.two_state_invert, eps_fn)
+    elif name in ("bdia", "belm"):
+        carry = (x, paired) if spec.paired else (x, x)
+        rule = functools.partial(inverters.two_state_sample, eps_fn)
+    elif name == "fixed-point":
+        rule = functools.partial(inverters.fixed_point_invert if spec.invert else inverters.ddim_sample, eps_fn,
+                                 *((spec.method,) if spec.invert else ()))
+    elif spec.invert:  # ddpm: x_k = sqrt(ᾱ_k)·x0 + sqrt(1−ᾱ_k)·n_k, the image itself at the clean end
+        level = lambda v: v.reshape((T,) + (1,) * x.ndim)  # noqa: E731
+        noisy = level(table.sqrt_a) * x + level(table.sqrt_1m_a) * draws
+        carry, extra = noisy[0], jnp.concatenate([noisy[1:], x[None]])
+        rule = functools.partial(inverters.ddpm_invert, eps_fn)
+    else:
+        carry, extra = x, paired
+        rule = functools.partial(inverters.ddpm_sample, eps_fn)
+    keep_maps = name == "ddpm" and spec.invert
+
+    def body(c, inputs):
+        k, more = inputs
+        row = jax.tree.map(lambda v: v[k], table)
+        c, rec = rule(k, row, c) if extra is None else rule(k, row, c, more)
+        return c, (rec if (spec.record or keep_maps) else None)
+
+    start = carry
+    carry, rec = jax.lax.scan(body, carry, (order, order if extra is None else extra))
+    if name == "edict":
+        out, pair = carry
+    elif name in ("bdia", "belm"):  # inverted: (x_1, x_0), the latent x_0; sampled: (x_{T-1}, x_T)
+        out, pair = carry[1], (carry[0] if spec.invert else None)
+    elif name == "ddpm" and spec.invert:
+        out, pair = start, rec[0]  # the latent x_0 and the noise map of every step (sampling order)
+    else:
+        out, pair = carry, None
+    return out, pair, (Record(*rec) if spec.record else None)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_method(spec: LoopSpec, params, x, paired=None, cond=None, null_cond=None, guidance=1.0, draws=None):
+    """Compiled loop of ``spec.method`` (not ddim / npi: ``run_loop``), the same scan over its coefficient table
+    (``jtaba.inverters``). x (B, H, W, C); ``paired``: the second state (B, H, W, C) of edict / bdia / belm or the
+    ddpm noise maps (T, B, H, W, C) when sampling from an inversion (``spec.paired``); ``draws`` (T, B, H, W, C)
+    the ddpm inversion's noise. Returns (x_final, paired_out or None, Record or None); inverting, paired_out is what
+    sampling takes back (edict: y; bdia / belm: x_1 beside the latent x_0; ddpm: the maps)."""
+    guidance = jnp.asarray(guidance, jnp.float32)
+    return _method_loop(spec, params, x, paired, cond, null_cond, guidance, draws)
 
 
 def mirror_indices(diffusion: DiffusionConfig, steps: int, kind: str, before: int) -> np.ndarray:
