@@ -318,14 +318,6 @@ def workspace(args: argparse.Namespace):
     return Workspace(model, tag, args.runs_dir, not args.no_reuse)
 
 
-def run_settings(args: argparse.Namespace, **overrides):
-    """``RunSettings`` from --n --steps --seed --batch --precision, with ``overrides``."""
-    from jtaba.runs import RunSettings
-
-    base = dict(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, precision=args.precision)
-    return RunSettings(**{**base, **overrides})
-
-
 def parse_step_counts(text: str, flag: str, *, allow_none: bool = False) -> tuple:
     """A K-list flag: "5, 1,2" -> (1, 2, 5) (positive ints, sorted, duplicates dropped); with ``allow_none``,
     "" or "none" -> (). ValueError naming ``flag`` otherwise (K = 0, plain DDIM, is never listed: the analyses

@@ -82,12 +82,6 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
     return path
 
 
-def save_npy(path: str, array) -> str:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.asarray(array))
-    return path
-
-
 class SettingsMismatch(ValueError):
     """A folder holds results made with other settings."""
 
