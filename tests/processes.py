@@ -14,10 +14,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(argv, devices: int) -> subprocess.Popen:
-    """``python *argv`` from the repo root on ``devices`` fake CPU devices."""
+def spawn(argv, devices: int, env: dict | None = None) -> subprocess.Popen:
+    """``python *argv`` from the repo root on ``devices`` fake CPU devices, with ``env`` added to the environment."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
+               PYTHONPATH=ROOT, **(env or {}))
     return subprocess.Popen([sys.executable, *map(str, argv)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
