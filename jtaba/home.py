@@ -28,6 +28,7 @@ CONVERT_COMMANDS = {
     "lpips_alex": "python convert/lpips.py --net alex",
     "lpips_vgg": "python convert/lpips.py --net vgg",
     "inception_fid": "python convert/inception.py",
+    "vgg16": "python convert/vgg16.py",
     "dino_vits16": "python convert/dino.py --src facebook/dino-vits16",
     "clip_vitb32": "python convert/clip.py --src openai/clip-vit-base-patch32",
     "dreamsim": "python convert/dreamsim.py --src res/dreamsim",

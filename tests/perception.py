@@ -51,6 +51,7 @@ TINY = {
     "clip": ("jtaba.metrics.clip", lambda m: _tiny_clip_config(), 1.0),
     "inception": ("jtaba.metrics.inception", lambda m: m.Config(), np.sqrt(2)),
     "dreamsim": ("jtaba.metrics.dreamsim", lambda m: m.tiny_config(), 1.0),
+    "vgg16": ("jtaba.metrics.vgg16", lambda m: m.Config(widths=(8, 8, 16, 16, 16), hidden=32), np.sqrt(2)),
 }
 
 

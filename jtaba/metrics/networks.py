@@ -11,6 +11,7 @@ role                  default name       module (``load(name)`` -> (config, para
 ``dreamsim``          ``dreamsim``       ``jtaba.metrics.dreamsim``
 ``dino``              ``dino_vits16``    ``jtaba.metrics.dino``
 ``clip``              ``clip_vitb32``    ``jtaba.metrics.clip`` (CLIP-I, CLIP-T)
+``vgg16``             ``vgg16``          ``jtaba.metrics.vgg16`` (torch-fidelity's precision / recall features)
 ====================  =================  ==============================================================
 
 An analysis asks ``missing(roles)`` first and names the convert commands of what is absent (before any work), or
@@ -33,6 +34,7 @@ ROLES = {
     "dreamsim": ("dreamsim", "jtaba.metrics.dreamsim"),
     "dino": ("dino_vits16", "jtaba.metrics.dino"),
     "clip": ("clip_vitb32", "jtaba.metrics.clip"),
+    "vgg16": ("vgg16", "jtaba.metrics.vgg16"),
 }
 
 
