@@ -27,6 +27,7 @@ def build_parser():
                    help="run folder (default: <runs-dir>/<model>/sample_invert/<settings>_<fingerprint>); rerun to "
                         "resume; a folder holding another run is refused")
     cli.add_input_flags(p)
+    cli.add_method_flags(p)
     out = p.add_argument_group("outputs")
     out.add_argument("--record", action="store_true",
                      help="also write every step: all_t_samples, all_t_eps_samples, all_t_pred_xstart_samples and "
@@ -67,7 +68,8 @@ def settings_from_args(args):
         forward_before=args.forward_before, forward_seed=args.forward_seed,
         forward_noise=_array(args.forward_noise, "--forward-noise"), forward_level=args.forward_level,
         swap_from=runs.open_run(args.swap_from) if args.swap_from else None, swap_before=args.swap_before,
-        swap_type=args.swap_type, precision=args.precision, schedule_dtype=args.schedule_dtype)
+        swap_type=args.swap_type, precision=args.precision, schedule_dtype=args.schedule_dtype,
+        method=args.method, method_options=args.method_options)
 
 
 @cli.entry_point
@@ -77,9 +79,11 @@ def main(argv: list[str] | None = None) -> str:
     cli.initialize_distributed(args)
     from jtaba import runs
 
-    model, tag = cli.load_model(args)
     settings = settings_from_args(args)
-    passes = 1 + (not args.no_inversion) + (not (args.no_inversion or args.no_reconstruction))
+    model, tag = cli.load_model(args)
+    method = settings.inverter()  # the checks of --method and its options, before the model is loaded
+    passes = 1 + (not args.no_inversion) * method.network_calls(1, True) + \
+        (not (args.no_inversion or args.no_reconstruction)) * method.network_calls(1, False)
     cli.warn_if_slow(settings.sample_count(), args.steps, passes, "sample_invert")
     result = runs.run(model, settings, args.out, root=args.runs_dir, tag=tag, reuse=not args.no_reuse,
                       command=argv)

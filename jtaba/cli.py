@@ -162,6 +162,35 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
                      help="classifier-free guidance scale for sampling and inversion (1.0 = off, as in the paper)")
 
 
+class _MethodOption(argparse.Action):
+    """A method option flag: adds (``const``, value) to ``args.method_options``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, tuple(sorted({**dict(getattr(namespace, self.dest)), self.const: value}.items())))
+
+
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    """--method and its options (``jtaba.inverters``: beyond the paper's DDIM), spelled alike in ``sample_invert``
+    and every analysis."""
+    from jtaba.inverters import METHODS
+
+    g = p.add_argument_group("inversion method (beyond the paper, which inverts with DDIM; samples stay DDIM's)")
+    g.add_argument("--method", choices=METHODS, default="ddim",
+                   help="how latents are inverted and reconstructed: ddim (the paper), edict, bdia, belm, ddpm "
+                        "(exact round trips), fixed-point, npi (conditional models)")
+    for flag, name, kind, text in (("--edict-mix", "mix", float, "edict: mixing weight p (default 0.93)"),
+                                   ("--bdia-gamma", "gamma", float, "bdia: gamma (default 0.5)"),
+                                   ("--fixed-point-iterations", "iterations", int,
+                                    "fixed-point: network calls per inversion step (default 5)"),
+                                   ("--anderson-window", "anderson", int,
+                                    "fixed-point: Anderson acceleration window m, AIDI (default 0: off)"),
+                                   ("--renoise-average", "average", int,
+                                    "fixed-point: mean noise of the last K iterations, ReNoise (default 0: off)"),
+                                   ("--ddpm-seed", "seed", int, "ddpm: seed of the inversion's noise (default 0)")):
+        g.add_argument(flag, type=kind, action=_MethodOption, dest="method_options", const=name, default=(),
+                       metavar=name.upper(), help=text)
+
+
 def add_analysis_flags(p: argparse.ArgumentParser, defaults, n_help: str = STANDARD_N_HELP) -> None:
     """The flags every analysis shares: the model, the run flags (defaults from the ``defaults`` options class, a
     ``jtaba.runs.StandardOptions``), the run's inputs, --out and the multi-process flags."""
@@ -170,6 +199,7 @@ def add_analysis_flags(p: argparse.ArgumentParser, defaults, n_help: str = STAND
     p.add_argument("--out", default=None,
                    help="folder for the tables and figures (default: <runs-dir>/<model>/<analysis>/<settings>)")
     add_input_flags(p)
+    add_method_flags(p)
     add_distributed_flags(p)
 
 
@@ -294,6 +324,10 @@ def input_parts(opts) -> list[str]:
         parts.append(f"cfg{opts.guidance:g}")
     if getattr(opts, "schedule_dtype", None) == "float16":
         parts.append("sched16")
+    if getattr(opts, "method", "ddim") != "ddim":
+        from jtaba.runs.settings import method_part
+
+        parts.append(method_part(opts.method, opts.method_options))
     return parts
 
 

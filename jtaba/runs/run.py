@@ -6,7 +6,8 @@ Sample i's noise, forward noise and drawn class label depend only on (seed, i): 
 size, the device count or the process count (beyond float summation order), and no sample is dropped. Files
 (NCHW float32 ``.npy``; trajectories (T, N, C, H, W)): noise, samples, latents, samples2, conds (class-conditional),
 decoded_samples[2] (latent models), with ``record`` every step as all_t_{,eps_,pred_xstart_}{samples,latents,
-samples2}; metrics.json = {"_params": identity (+ "cmd"), "metrics": core metrics}.
+samples2}; an inversion method other than DDIM adds what sampling needs back (``PAIRED_FILES``); metrics.json =
+{"_params": identity (+ "cmd"), "metrics": core metrics and the network evaluations per image}.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from jax.experimental import multihost_utils
 from jtaba import distributed, engine, io, sharding
 from jtaba import noise as noise_lib
 from jtaba.api import Swap, decode, invert, sample
+from jtaba.inverters import PAIRED as PAIRED_METHODS
 from jtaba.model import Model, replicate
 from jtaba.runs.fingerprint import model_digest, settings_digest
 from jtaba.runs.reader import METRICS, Run, RunNotFinished, find_run
@@ -44,6 +46,11 @@ class _Inputs:
     prompts: Optional[np.ndarray]
     forward_noise: Optional[np.ndarray]
     swap: Optional[dict]  # {"all_t_samples" | "all_t_eps_samples": (T, N, ...)}
+
+
+# Files of what an inversion method returns beside the latent (jtaba.Trajectory.paired), by "is (T, N, ...)":
+# edict's y / bdia's and belm's x_1, or ddpm's noise map of every step (sampling order).
+PAIRED_FILES = {False: "latents_paired", True: "all_t_noise_maps"}
 
 
 def _first_bad_row(a: np.ndarray, n: int, limit: Optional[float] = None) -> tuple[Optional[int], Optional[int]]:
@@ -218,9 +225,13 @@ def _batch(model: Model, s: RunSettings, inputs: _Inputs, put, start: int, stop:
         if inputs.swap:
             source = {k: put(v[:, start:stop], axis=1) for k, v in inputs.swap.items()}
             extra["swap"] = Swap(s.swap_type, s.swap_before, source, noise=z)
-        keep("latents", invert(model, x, **kw, **extra))
+        inverted = invert(model, x, **kw, **extra, method=s.inverter(), indices=idx)
+        keep("latents", inverted)
+        if inverted.paired is not None:  # what sampling needs back: a second state or every step's noise map
+            maps = inverted.paired.ndim == 5
+            res[PAIRED_FILES[maps]] = (inverted.paired, 1 if maps else 0)
         if s.reconstruction:
-            keep("samples2", sample(model, res["latents"][0], **kw))
+            keep("samples2", sample(model, inverted, **kw))
     if model.decoder is not None:
         res["decoded_samples"] = (decode(model, x, s.precision), 0)
         if "samples2" in res:
@@ -258,6 +269,21 @@ def _compute(model: Model, s: RunSettings, inputs: _Inputs, n: int, st, done, cl
     bar.close()
 
 
+def nfe_per_image(ident: dict) -> dict:
+    """Network evaluations per image of each stage of the run with identity ``ident`` (a guided evaluation counts
+    twice; given samples are not sampled; forward-replaced inversion steps run no network)."""
+    from jtaba.inverters import DDIM, Method
+
+    named = ident.get("method")
+    method = Method.of(named["name"], **{k: v for k, v in named.items() if k != "name"}) if named else DDIM
+    T, per = ident["steps"], 2 if ident["guidance"] != 1.0 else 1
+    skipped = ident["forward"]["before"] if ident.get("forward") else 0
+    return {"sample": 0 if ident.get("samples") else T * per,
+            "invert": (method.network_calls(T, True) - skipped) * (1 if method.name == "npi" else per),
+            "reconstruct": method.network_calls(T, False, method.name in PAIRED_METHODS) * per
+            if ident.get("reconstruction") else 0}
+
+
 def _write_metrics(run: Run, ident: dict, command: Optional[Sequence[str]], decoded: bool) -> None:
     from jtaba.metrics.core import core_metrics
 
@@ -265,6 +291,8 @@ def _write_metrics(run: Run, ident: dict, command: Optional[Sequence[str]], deco
     if "latents" in run:
         p = "decoded_" if decoded else ""
         metrics = core_metrics(run["noise"], run["latents"], run.get(p + "samples"), run.get(p + "samples2"))
+    if ident.get("inversion"):
+        metrics["nfe_per_image"] = nfe_per_image(ident)
     params = {**ident, **({"cmd": list(command)} if command is not None else {})}
     # the processes and devices it ran on: beside the identity, never in it (results do not depend on them)
     io.write_json(os.path.join(run.path, METRICS), {"_params": params, "metrics": metrics,

@@ -39,7 +39,8 @@ class RunSettings:
     samples, noise and labels are used unless given. ``guidance``: classifier-free guidance scale (1 = off).
     ``precision``: ``jtaba.precision`` name; ``schedule_dtype``: "float16" for upstream's half-precision diffusers
     scheduler arithmetic. ``record`` keeps every step (all_t_*); ``inversion`` / ``reconstruction`` switch the
-    later stages."""
+    later stages. ``method`` (``jtaba.inverters.METHODS``) with ``method_options`` ((name, value) pairs) inverts and
+    reconstructs with that method; the samples stay DDIM's, so every method inverts the same images."""
     n: Optional[int] = None
     steps: int = 100
     seed: int = 42
@@ -63,6 +64,14 @@ class RunSettings:
     swap_type: str = "eps"
     precision: str = "float32"
     schedule_dtype: Optional[str] = None
+    method: str = "ddim"
+    method_options: tuple = ()
+
+    def inverter(self):
+        """The ``jtaba.inverters.Method`` of ``method`` and ``method_options``."""
+        from jtaba.inverters import Method
+
+        return Method.of(self.method, **dict(self.method_options))
 
     def sample_count(self) -> int:
         """N: ``n``, else the rows of the first input that fixes it (noise, the swap run, samples, labels, prompt
@@ -104,6 +113,9 @@ class RunSettings:
             raise ValueError("labels and class_seed cannot be combined")
         if self.reconstruction and not self.inversion:
             raise ValueError("reconstruction needs inversion (set reconstruction=False)")
+        if self.inverter().name not in ("ddim", "npi") and (self.forward_before or self.swap_from is not None):
+            raise ValueError(f"forward replacement and ground-truth swaps are DDIM's; method {self.method} takes "
+                             f"neither")
         if self.schedule_dtype not in (None, "float32", "float16"):
             raise ValueError(f"schedule_dtype must be float32 or float16, got {self.schedule_dtype!r}")
         precision_lib.check(self.precision)
@@ -125,7 +137,8 @@ def input_array(path: Optional[str], what: str) -> Optional[np.ndarray]:
 # The run inputs an analysis takes (StandardOptions fields): files by path, so options stay JSON; flags of the same
 # names (cli.add_input_flags). ``INPUT_FILES`` maps each file field to its flag.
 INPUT_FILES = {"noise": "--noise", "samples": "--samples", "labels": "--labels", "prompt_embeds": "--prompt-embeds"}
-INPUT_FIELDS = (*INPUT_FILES, "class_seed", "noises_per_class", "guidance", "schedule_dtype")
+INPUT_FIELDS = (*INPUT_FILES, "class_seed", "noises_per_class", "guidance", "schedule_dtype", "method",
+                "method_options")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +162,8 @@ class StandardOptions:
     noises_per_class: int = 1
     guidance: float = 1.0
     schedule_dtype: Optional[str] = None
+    method: str = "ddim"  # the inversion method (jtaba.inverters) and its ((name, value), ...) options
+    method_options: tuple = ()
 
     def run_settings(self, **overrides) -> RunSettings:
         """``RunSettings`` of the standard run (reconstruction on, nothing recorded) with this run's inputs (files
@@ -156,7 +171,8 @@ class StandardOptions:
         the same conditioning."""
         base = dict(n=self.n, steps=self.steps, seed=self.seed, batch=self.batch, precision=self.precision,
                     class_seed=self.class_seed, noises_per_class=self.noises_per_class, guidance=self.guidance,
-                    schedule_dtype=self.schedule_dtype)
+                    schedule_dtype=self.schedule_dtype, method=self.method,
+                    method_options=tuple(map(tuple, self.method_options)))
         base.update({k: input_array(getattr(self, k), flag) for k, flag in INPUT_FILES.items() if k not in overrides})
         return RunSettings(**{**base, **overrides})
 
@@ -180,7 +196,9 @@ def identity(s: RunSettings, n: int, model_fingerprint: str) -> dict:
         class_seed=s.class_seed, noises_per_class=s.noises_per_class if s.class_seed is not None else None,
         guidance=float(s.guidance), forward=forward, swap=swap, precision=s.precision,
         schedule_dtype=s.schedule_dtype, record=bool(s.record), inversion=bool(s.inversion),
-        reconstruction=bool(s.reconstruction and s.inversion))
+        reconstruction=bool(s.reconstruction and s.inversion),
+        # DDIM runs keep the identity they always had; another method is named with its options
+        **({"method": {"name": s.method, **s.inverter().options()}} if s.method != "ddim" else {}))
 
 
 def serves(have: dict, want: dict) -> bool:
@@ -188,6 +206,11 @@ def serves(have: dict, want: dict) -> bool:
     (same identity except that it may have recorded / inverted / reconstructed more)."""
     core = lambda d: {k: v for k, v in d.items() if k not in OUTPUT_FLAGS}  # noqa: E731
     return core(have) == core(want) and all(have[k] or not want[k] for k in OUTPUT_FLAGS)
+
+
+def method_part(method: str, options) -> str:
+    """Folder-name part of an inversion method and its options given: "edict", "fixed-point-iterations10"."""
+    return "-".join([method, *(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(options))])
 
 
 def folder_name(s: RunSettings, n: int, fingerprint: str) -> str:
@@ -206,6 +229,8 @@ def folder_name(s: RunSettings, n: int, fingerprint: str) -> str:
         parts.append(f"swap-{s.swap_type}{s.swap_before}")
     if s.precision != "float32":
         parts.append(s.precision)
+    if s.method != "ddim":
+        parts.append(method_part(s.method, s.method_options))
     if s.schedule_dtype == "float16":
         parts.append("sched16")
     if s.record:
