@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Callable
@@ -32,11 +33,13 @@ def save_checkpoint(directory: str, config: dict, params: Any) -> None:
 
 
 def read_config(directory: str) -> dict:
+    """``DIR/config.json``; FileNotFoundError / ValueError naming the file when it is missing or not JSON."""
+    from jtaba import io
+
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no jtaba checkpoint at {directory!r} ({CONFIG_NAME} missing)")
-    with open(path) as f:
-        return json.load(f)
+    return io.read_json(path)
 
 
 def saved_shapes(directory: str) -> Any:
@@ -45,9 +48,10 @@ def saved_shapes(directory: str) -> Any:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: missing (a jtaba checkpoint holds config.json and params/)")
     try:
-        meta = ocp.StandardCheckpointer().metadata(path)
+        with quiet_orbax():
+            meta = ocp.StandardCheckpointer().metadata(path)
     except Exception as e:
-        raise ValueError(f"{path}: the checkpoint's params cannot be read ({_cause(e)}); it is damaged or "
+        raise ValueError(f"{path}: the checkpoint's params cannot be read ({error_cause(e)}); it is damaged or "
                          f"incomplete: convert or export it again") from e
     tree = meta.item_metadata
     tree = getattr(tree, "tree", tree)
@@ -76,15 +80,34 @@ def load_params(directory: str, target: Any = None, dtype: Any = None,
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
     try:
-        return ckptr.restore(path, abstract)
+        with quiet_orbax():
+            return ckptr.restore(path, abstract)
     except Exception as e:  # orbax / tensorstore raise many types (often wrapped) for damaged files
-        raise ValueError(f"{path}: the checkpoint's params cannot be read ({_cause(e)}); it is damaged or "
+        raise ValueError(f"{path}: the checkpoint's params cannot be read ({error_cause(e)}); it is damaged or "
                          f"incomplete: convert or export it again") from e
 
 
-def _cause(e: BaseException) -> str:
+def error_cause(e: BaseException) -> str:
     """The innermost exception's first line (orbax wraps tensorstore errors several times)."""
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__
     text = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {text[:200]}"
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Orbax and tensorstore log a damaged file's error at length (hundreds of lines) before raising it: keep
+    their loggers to fatal messages meanwhile (the caller reports the error in one line)."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    logging.disable(logging.CRITICAL - 1)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        absl_logging.set_verbosity(old)

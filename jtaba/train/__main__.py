@@ -139,13 +139,19 @@ def main(argv=None) -> None:
     import jax
 
     jax.config.update("jax_num_cpu_devices", max(1, args.cpu_devices))
+    from jtaba.checkpoint import quiet_orbax
     from jtaba.train.loop import train
     from jtaba.train.run_checkpoints import saved_steps
 
     cfg = config_from_args(args)
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     out = os.path.abspath(args.out)
     try:
-        state = train(cfg, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+        with quiet_orbax():  # orbax logs a damaged checkpoint or a full disk at length: the error below says it
+            state = train(cfg, args.out, data_dir=args.data_dir, progress=not args.no_progress)
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of the current step
         try:
             last = saved_steps(args.out)[-1]

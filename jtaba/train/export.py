@@ -17,12 +17,12 @@ import os
 import jax
 import numpy as np
 
-from jtaba.checkpoint import save_checkpoint
+from jtaba.checkpoint import quiet_orbax, save_checkpoint
+from jtaba.cli import HelpFormatter, entry_point, program_name
 from jtaba.diffusion import DiffusionConfig
 from jtaba.model import Model, build
 from jtaba.models import adm
 from jtaba.sharding import data_mesh
-from jtaba.cli import HelpFormatter, program_name
 from jtaba.train.__main__ import rename_deprecated_flags
 from jtaba.train.loop import abstract_state
 from jtaba.train.run_checkpoints import RunCheckpoints, require_run_config, saved_steps
@@ -101,8 +101,9 @@ def sample_grid(model_dir: str, path: str, *, rows: int = 8, steps: int = 100, s
                 scale: int = 1) -> np.ndarray:
     """DDIM (η = 0, ``steps`` steps) samples of the model from N(0, I) noise of ``seed``, saved as a rows x rows PNG
     grid enlarged ``scale`` times (nearest neighbour); returns the uint8 (rows·H, rows·W, 3) grid."""
-    import jtaba
     from PIL import Image
+
+    import jtaba
 
     model = jtaba.load(model_dir)
     c, h, w = model.sample_shape
@@ -121,7 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", required=True,
                    help="training run directory (python -m jtaba.train --out) (required, no default)")
     p.add_argument("--out", required=True,
-                   help="model directory to write: config.json + params (required, no default)")
+                   help="model directory to write: config.json + params (required, no default); a folder that is "
+                        "not empty is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (default: refuse)")
     p.add_argument("--step", type=int, help="checkpoint step to export (default: the newest)")
     p.add_argument("--grid", help="also save a PNG grid of DDIM samples of the exported model at this path "
                                   "(default: no grid)")
@@ -132,9 +135,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(rename_deprecated_flags(p, argv))
 
 
+@entry_point
 def main(argv=None) -> None:
     args = parse_args(argv)
-    step = export_ema(args.run, args.out, args.step)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out={args.out} is a file, not a folder")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise ValueError(f"--out={args.out} is not empty (it may hold a model); give --overwrite to replace it, or "
+                         f"another folder")
+    with quiet_orbax():
+        step = export_ema(args.run, args.out, args.step)
     print(f"exported EMA weights of step {step} to {os.path.abspath(args.out)}")
     if args.grid:
         sample_grid(args.out, args.grid, rows=args.grid_rows, steps=args.grid_steps, seed=args.grid_seed,

@@ -3,7 +3,9 @@
 Running ``train`` again on the same directory continues from its newest checkpoint; since the data order and
 every step's randomness are functions of (seed, step), the continued run is bit-identical to an uninterrupted
 one. SIGTERM / SIGINT stop the run cleanly after the current step with a checkpoint (a second SIGINT aborts).
-Losses are appended to ``DIR/log.jsonl`` (means over ``log_every`` steps).
+Losses are appended to ``DIR/log.jsonl`` (strict JSON: means over ``log_every`` steps; a resumed run appends only
+steps after the last logged one). The losses are checked finite before every checkpoint and log line: a NaN / Inf
+loss stops training with an error naming its step, and no checkpoint after it is written.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jtaba import precision
+from jtaba import io, precision
 from jtaba.data import BatchIterator, open_dataset
 from jtaba.sharding import batch_sharding, data_mesh, replicated
 from jtaba.train.presets import TrainConfig
@@ -82,50 +84,93 @@ def train(cfg: TrainConfig, out_dir: str, *, data_dir: str | None = None,
         return _train(cfg, out_dir, data_dir, on_step, progress)
 
 
+def _last_logged_step(log_path: str) -> int:
+    """The step of the last whole line of ``log_path`` (0 when none); a line cut by a kill is removed."""
+    if not os.path.exists(log_path):
+        return 0
+    with open(log_path) as f:
+        text = f.read()
+    lines, last = [], 0
+    for line in text.splitlines(keepends=True):
+        try:
+            last = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            break
+        if not line.endswith("\n"):
+            break
+        lines.append(line)
+    if len("".join(lines)) != len(text):
+        io.write_text(log_path, "".join(lines))
+    return last
+
+
+def _check_losses(pending: list[tuple[int, dict]], last_saved: int | None) -> None:
+    """ValueError naming the first step of ``pending`` ((step, loss terms)) whose loss is not finite."""
+    for step, terms in pending:
+        if not all(np.isfinite(float(v)) for v in terms.values()):
+            kept = f"step {last_saved}" if last_saved is not None else "none"
+            raise ValueError(f"the loss is not finite (NaN / Inf) at step {step}: training stopped (last good "
+                             f"checkpoint: {kept}); lower --lr or check the data")
+
+
 def _train(cfg: TrainConfig, out_dir: str, data_dir, on_step, progress) -> TrainState:
+    cfg.check()
     mesh = data_mesh()
     if cfg.batch_size % mesh.size:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {mesh.size} devices")
     write_run_config(out_dir, cfg)
     ckpts = RunCheckpoints(out_dir, keep=cfg.keep)
-    should_save = parse_save_schedule(cfg.save)
-    restored = ckpts.restore_newest_readable(abstract_state(cfg, mesh))
-    if restored is None:
-        state, data_state = initial_state(cfg, mesh), None
-    else:
-        _, state, data_state = restored
-    size = network_for(cfg).config.image_size
-    data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
-    train_step = make_train_step(cfg, mesh)
-    batched = batch_sharding(mesh)
-    step = int(state.step)
-    if step == 0 and should_save(0):
-        ckpts.save(state, data.state())
+    try:
+        should_save = parse_save_schedule(cfg.save)
+        restored = ckpts.restore_newest_readable(abstract_state(cfg, mesh))
+        if restored is None:
+            state, data_state = initial_state(cfg, mesh), None
+        else:
+            _, state, data_state = restored
+        size = network_for(cfg).config.image_size
+        data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
+        train_step = make_train_step(cfg, mesh)
+        if int(state.step) == 0 and should_save(0):
+            ckpts.save(state, data.state())
+        return _loop(cfg, out_dir, ckpts, should_save, state, data, train_step, batch_sharding(mesh), on_step,
+                     progress)
+    finally:
+        ckpts.close()
 
-    pending: list[dict] = []
+
+def _loop(cfg, out_dir, ckpts, should_save, state, data, train_step, batched, on_step, progress) -> TrainState:
+    step = int(state.step)
+    last_saved = ckpts.latest_step()
+    pending: list[tuple[int, dict]] = []
     t_log = time.time()
     log_path = os.path.join(out_dir, LOG_NAME)
+    logged = _last_logged_step(log_path)  # a run killed right after a log line logs those steps again: skipped
     with _stop_signals() as signals, tqdm(total=cfg.steps, initial=step, disable=not progress,
                                           desc=cfg.name, dynamic_ncols=True) as bar:
         while step < cfg.steps:
             batch = jax.device_put(next(data), batched)
             state, terms = train_step(state, batch)
             step += 1
-            pending.append(terms)
+            pending.append((step, terms))
             if on_step is not None:
                 on_step(step)
             stop = signals["stop"] or step == cfg.steps
+            log = step % cfg.log_every == 0 or stop
+            if should_save(step) or stop or log:
+                _check_losses(pending, last_saved)
             if should_save(step) or stop:
                 ckpts.save(state, data.state())
-            if step % cfg.log_every == 0 or stop:
-                means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
-                rate = len(pending) / (time.time() - t_log)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, **means, "steps_per_s": rate}) + "\n")
+                last_saved = step
+            if log:
+                means = {k: float(np.mean([float(t[k]) for _, t in pending])) for k in pending[0][1]}
+                rate = len(pending) / max(time.time() - t_log, 1e-9)
+                if step > logged:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(io.finite_json({"step": step, **means, "steps_per_s": rate}),
+                                           allow_nan=False) + "\n")
                 bar.set_postfix(loss=f"{means['loss']:.4f}", mse=f"{means['mse']:.4f}", vb=f"{means['vb']:.4f}")
                 pending, t_log = [], time.time()
             bar.update(1)
             if stop:  # the flag as read above: a signal arriving later stops after the next step
                 break
-    ckpts.close()
     return state

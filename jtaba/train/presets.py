@@ -7,6 +7,7 @@ and the loss options ``rescale_learned_sigmas`` / ``rescale_timesteps``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 from jtaba.config import ConfigBase
@@ -38,6 +39,33 @@ class TrainConfig(ConfigBase):
     @property
     def flags_dict(self) -> dict[str, Any]:
         return dict(self.flags)
+
+    def check(self) -> None:
+        """ValueError naming the first setting that cannot train: learning rate, weight decay, EMA rate, sizes,
+        seed, or a flag guided-diffusion does not know."""
+        def bad(name, value, need):
+            raise ValueError(f"{name} must be {need}, got {value!r}")
+
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr (--lr)", self.lr, "a finite number > 0")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            bad("weight_decay (--weight-decay)", self.weight_decay, "a finite number >= 0")
+        if not (isinstance(self.ema_rate, (int, float)) and 0 <= self.ema_rate < 1):
+            bad("ema_rate (--ema)", self.ema_rate, "in [0, 1)")
+        for name, flag in (("batch_size", "--batch"), ("steps", "--steps"), ("log_every", "--log-every")):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(f"{name} ({flag})", v, "a positive integer")
+        if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 1):
+            bad("keep (--keep)", self.keep, "a positive integer or unset")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            bad("seed (--seed)", self.seed, "an integer in [0, 2^63)")
+        known = set(adm.FLAG_DEFAULTS) | set(adm.SAMPLING_FLAGS)
+        unknown = sorted(set(self.flags_dict) - known)
+        if unknown:
+            raise ValueError(f"unknown guided-diffusion flag(s) {', '.join(unknown)} (--flag); known: "
+                             f"{', '.join(sorted(known))}")
 
     def replace(self, **kw) -> "TrainConfig":
         if "flags" in kw and isinstance(kw["flags"], Mapping):

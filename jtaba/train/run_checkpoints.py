@@ -2,10 +2,13 @@
 
 ``state`` = TrainState (params, EMA params, optimizer state, step, rng); ``data`` = the BatchIterator state
 (JSON). Saves are synchronous and atomic (orbax writes to a temporary directory and renames), so a run killed at
-any moment resumes from its last complete checkpoint.
+any moment resumes from its last complete checkpoint. After each save the sha256 of every file of the step is
+recorded in ``checkpoint_digests.json``; a checkpoint whose files differ is damaged: training falls back to the
+newest good one, and reading its EMA weights (export, analyses) fails with one line naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,10 +17,27 @@ import sys
 import jax
 import orbax.checkpoint as ocp
 
+from jtaba import io
+from jtaba.checkpoint import error_cause, quiet_orbax
 from jtaba.train.presets import RESUMABLE_CHANGES, TrainConfig
 from jtaba.train.state import TrainState
 
 RUN_CONFIG = "run.json"
+DIGESTS = "checkpoint_digests.json"
+
+
+def _file_digests(root: str) -> dict[str, str]:
+    """{path relative to ``root``: sha256} of every file under ``root``."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(d, name)
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            out[os.path.relpath(path, root)] = h.hexdigest()
+    return dict(sorted(out.items()))
 
 
 def read_run_config(directory: str) -> TrainConfig | None:
@@ -69,6 +89,7 @@ class RunCheckpoints:
     def __init__(self, directory: str, keep: int | None = None):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.directory = os.path.abspath(directory)
+        self.digest_path = os.path.join(self.directory, DIGESTS)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
@@ -85,6 +106,37 @@ class RunCheckpoints:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          data=ocp.args.JsonSave(data_state)), force=True)
         self.manager.wait_until_finished()
+        digests = self._digests()
+        digests[str(step)] = _file_digests(self._step_dir(step))
+        steps = {str(s) for s in self.manager.all_steps()}
+        io.write_json(self.digest_path, {k: v for k, v in digests.items() if k in steps}, sort_keys=True)
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _digests(self) -> dict:
+        try:
+            return io.read_json(self.digest_path) if os.path.exists(self.digest_path) else {}
+        except ValueError:  # a damaged digest file: every checkpoint counts as unchecked
+            return {}
+
+    def damage(self, step: int) -> str | None:
+        """What is wrong with checkpoint ``step``'s files against the digests recorded when it was saved (a file
+        missing, added or changed), else None (also for a checkpoint saved before digests were recorded)."""
+        want = self._digests().get(str(step))
+        if want is None:
+            return None
+        root = self._step_dir(step)
+        if not os.path.isdir(root):
+            return f"{root} is missing"
+        have = _file_digests(root)
+        for rel in sorted(set(want) | set(have)):
+            if rel not in have:
+                return f"{os.path.join(root, rel)} is missing"
+            if have[rel] != want.get(rel):
+                what = "changed since it was saved (checksum)" if rel in want else "was not part of the save"
+                return f"{os.path.join(root, rel)} {what}"
+        return None
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
         """``like``: a TrainState of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving the structure."""
@@ -102,13 +154,16 @@ class RunCheckpoints:
         steps = sorted(self.all_steps(), reverse=True)
         for step in steps:
             try:
-                state, data = self.restore(step, like)
+                problem = self.damage(step)
+                if problem is not None:
+                    raise ValueError(problem)
+                with quiet_orbax():
+                    state, data = self.restore(step, like)
                 return step, state, data
             except Exception as e:  # orbax / tensorstore raise many types for damaged files
-                cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 src = os.path.join(self.directory, str(step))
                 dst = os.path.join(self.directory, f"unreadable-{step}")
-                print(f"jtaba: checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {cause}); "
+                print(f"jtaba: checkpoint {step} in {self.directory} is damaged or unreadable ({error_cause(e)}); "
                       f"moved to {dst}, falling back to the previous checkpoint", file=sys.stderr, flush=True)
                 if os.path.isdir(src):
                     shutil.rmtree(dst, ignore_errors=True)
@@ -121,7 +176,18 @@ class RunCheckpoints:
 
     def restore_ema(self, step: int, like: TrainState) -> dict:
         """Only the EMA params of checkpoint ``step`` (``like`` as in ``restore``; only its ``ema_params`` are
-        used): the optimizer state and params are not read."""
+        used): the optimizer state and params are not read. ValueError in one line naming a damaged file."""
+        problem = self.damage(step)
+        if problem is not None:
+            raise ValueError(f"checkpoint {step} of {self.directory} is damaged: {problem}")
+        try:
+            with quiet_orbax():
+                return self._restore_ema(step, like)
+        except Exception as e:  # orbax / tensorstore raise many types (often wrapped) for damaged files
+            raise ValueError(f"checkpoint {step} of {self.directory} cannot be read ({error_cause(e)}); it is damaged "
+                             f"or incomplete") from e
+
+    def _restore_ema(self, step: int, like: TrainState) -> dict:
         abstract = jax.tree.map(
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
             jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like.ema_params)
@@ -136,3 +202,4 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+

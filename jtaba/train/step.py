@@ -20,7 +20,6 @@ from jtaba.train.presets import TrainConfig
 from jtaba.train.state import TrainState, ema_update, make_optimizer
 
 
-
 def network_for(cfg: TrainConfig) -> adm.Network:
     return adm.Network(adm.Config.from_flags(cfg.flags_dict), dtype=precision.compute_dtype(cfg.compute_dtype))
 
