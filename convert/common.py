@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from jtaba import io
+
 
 def import_torchvision():
     """torchvision, importable even where its compiled ops do not load (PyPI's CUDA torchvision wheel beside a CPU
@@ -247,11 +249,18 @@ def staged_output(args: argparse.Namespace) -> Iterator[None]:
     os.makedirs(parent, exist_ok=True)
     if not os.access(parent, os.W_OK):
         fail(f"--out {final}: {parent} is not writable")
+    for left in io.remove_stale(f"{final}.converting-") + io.remove_stale(f"{final}.replaced-"):
+        print(f"removed {left}, left by a killed conversion", file=sys.stderr)
     staging = f"{final}.converting-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     args.out = staging
     try:
-        yield
+        try:
+            yield
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {final} is as it was; run the same command again to convert", file=sys.stderr,
+                  flush=True)
+            raise SystemExit(130) from None
         old = f"{final}.replaced-{os.getpid()}"
         if os.path.exists(final):
             os.replace(final, old)
