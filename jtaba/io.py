@@ -1,19 +1,51 @@
 """Atomic file writes (JSON, CSV, NPY, any file) and the settings manifest that refuses a mismatching rerun.
 
 Every writer goes through ``atomic_path``: the content is written to a temporary file beside the target, flushed
-and fsynced, then renamed into place, so a killed process leaves either the old file or the new one, never half.
+and fsynced, then renamed into place, so a killed process leaves either the old file or the new one, never half;
+the temporary file a killed process left (``<name>.tmp-<pid>.<ext>``, the pid dead) goes at the next write.
 JSON is written with NaN / Inf replaced by ``null`` (strict JSON that every reader accepts).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import math
 import os
+import shutil
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(prefix: str, suffix: str = "") -> list[str]:
+    """Remove the files or folders ``<prefix><pid><suffix>`` whose process is dead (left by a killed process of
+    this host); returns their paths."""
+    removed = []
+    for path in glob.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
+        pid = path[len(prefix):len(path) - len(suffix)]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -23,6 +55,7 @@ def atomic_path(path: str) -> Iterator[str]:
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     root, ext = os.path.splitext(path)
+    remove_stale(f"{root}.tmp-", ext)
     tmp = f"{root}.tmp-{os.getpid()}{ext}"
     try:
         yield tmp

@@ -85,16 +85,6 @@ def _fsync(path: str) -> None:
         os.fsync(f.fileno())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FolderLock:
     """``DIR/.lock`` holding "pid host key" while a run writes the folder. A lock left by a dead process of this host
     (kill -9), by this process, or an empty / unreadable one older than a second (a process killed while creating
@@ -122,7 +112,7 @@ class FolderLock:
                     else:
                         time.sleep(0.05)
                     continue
-                if host == socket.gethostname() and (pid == os.getpid() or not _pid_alive(pid)):
+                if host == socket.gethostname() and (pid == os.getpid() or not io.pid_alive(pid)):
                     self._remove()
                     continue
                 if key and theirs == key and time.monotonic() < deadline:
@@ -134,7 +124,7 @@ class FolderLock:
                     continue
                 what = "this same run" if key and theirs == key else "another run"
                 raise RunMismatch(f"{directory} is in use by process {pid} on {host} ({what} is writing it); wait "
-                                  f"for it, or delete {self.path} if no run is active")
+                                  f"for it, or delete {self.path} if no run is active") from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             return
@@ -433,7 +423,7 @@ class RunStore:
             h.update(f.read(out.offset))  # the .npy header
         parts = [np.load(os.path.join(d, name + ".npy"), mmap_mode="r") for d in dirs]
         for lead in np.ndindex(*shape[:axis]):
-            for (start, stop), part in zip(chunks, parts):
+            for (start, stop), part in zip(chunks, parts, strict=True):
                 block = np.ascontiguousarray(part[lead])
                 out[lead + (slice(start, stop),)] = block
                 h.update(block)

@@ -40,8 +40,9 @@ def loss_and_update(cfg: TrainConfig, state: TrainState, x0: jax.Array) -> tuple
         x0 = random_flip(flip_key, x0)
 
     def loss_fn(params):
-        net = lambda xt, labels: network.apply({"params": params}, xt, labels, train=True,
-                                               rngs={"dropout": dropout_key})
+        def net(xt, labels):
+            return network.apply({"params": params}, xt, labels, train=True, rngs={"dropout": dropout_key})
+
         return dl.training_loss(net, schedule, x0, loss_key, rescale_timesteps=bool(flags["rescale_timesteps"]),
                                 rescale_learned_sigmas=bool(flags["rescale_learned_sigmas"]))
 
