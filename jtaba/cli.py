@@ -68,6 +68,17 @@ def load_model(args: argparse.Namespace):
     return load(ref.path), ref.tag
 
 
+def seed_value(text: str) -> int:
+    """A ``--seed`` value: an integer in [0, 2^63) (what JAX's PRNG keys take)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= seed < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^63), got {text}")
+    return seed
+
+
 def add_run_flags(p: argparse.ArgumentParser, *, n: int | None, steps: int, batch: int, seed: int,
                   n_help: str = "number of samples N") -> None:
     """--n --steps --batch --seed --precision --runs-dir --no-reuse --no-compilation-cache."""
@@ -75,7 +86,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, n: int | None, steps: int, batc
     p.add_argument("--steps", type=int, default=steps, help="DDIM steps T of sampling, inversion and reconstruction")
     p.add_argument("--batch", type=int, default=batch,
                    help="samples per batch over all devices (memory / speed only: results do not depend on it)")
-    p.add_argument("--seed", type=int, default=seed,
+    p.add_argument("--seed", type=seed_value, default=seed,
                    help="seed of the initial noise and of drawn class labels (sample i depends on (seed, i) only)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32: true fp32 (matmul precision highest: the original code's numbers on any device); "
