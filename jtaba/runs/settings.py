@@ -131,7 +131,7 @@ def input_array(path: Optional[str], what: str) -> Optional[np.ndarray]:
     try:
         return np.load(path, mmap_mode="r")
     except (ValueError, EOFError, OSError) as e:  # a 0-byte file is an EOFError
-        raise ValueError(f"{what}: {path} is not a readable .npy file ({e or type(e).__name__})") from None
+        raise ValueError(f"{what}: {path} is not a readable .npy file ({str(e) or type(e).__name__})") from None
 
 
 # The run inputs an analysis takes (StandardOptions fields): files by path, so options stay JSON; flags of the same
