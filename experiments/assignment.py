@@ -297,6 +297,11 @@ def out_parts(opts: Options) -> list[str]:
     return parts + ([] if opts.top == 8 else [f"top{opts.top}"])
 
 
+def step_counts(opts: Options) -> tuple[int, ...]:
+    """The step counts T it runs (one standard run each)."""
+    return opts.all_steps
+
+
 def network_passes(ws, opts: Options) -> int:
     """N x T network passes (T = --steps): sample, invert, reconstruct per T; with --invert-from, the T0 run and
     one inversion per further T."""
@@ -311,6 +316,7 @@ ANALYSIS = cli.Analysis(
     name="assignment", paper_ref="Sec. 4.3, Tab. 8, App. E, Fig. 12-13", options_class=Options,
     build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
     options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes, console=report,
+    step_counts=step_counts,
 )
 main = cli.analysis_main(ANALYSIS)
 

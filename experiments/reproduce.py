@@ -6,13 +6,13 @@ into one report folder.
         --train-run=runs/train/cifar10_s0 --train-run=runs/train/cifar10_s10 --train-run=runs/train/cifar10_s42
                                                                        # the paper's, App. G on three training seeds
 
-Runs each analysis below with the same model, seed and precision; --n and --steps apply to the analyses on the
-standard sample / invert / reconstruct run (computed once and shared); the analyses that record whole trajectories
-take --steps but keep their own sample counts, steps keeps its T list (10, 20 and --steps) and swap its own N and T
-(--swap-steps sets its T), see their --help. On the built-in model at the defaults: about 20 CPU-minutes.
-Writes into --out: report.md (every table, with the paper reference, and the figures), one sub-folder per analysis
-with its JSON, CSV and PNG files, and report.json (settings, timings, result paths). Rerunning reuses every
-finished run.
+Runs each analysis with the same model, seed, precision and run inputs; --n and --steps set the standard sample /
+invert / reconstruct run (computed once and shared), except where an analysis keeps its own sizes (listed under
+"Sizes" below; its report section says so and why). On the built-in model at the defaults: about 20 CPU-minutes.
+Writes into --out: report.md (a summary of the sizes against the paper's, the device and the time, then every table
+with its columns defined, the paper reference and the figures), one sub-folder per analysis with its JSON, CSV and
+PNG files, and report.json (settings, timings, result paths). Rerunning reuses every finished run; the console
+shows "[i/n] analysis" with an estimate of the time left, and each progress bar names its analysis and run.
 
 An analysis that cannot run on the model (editing diversity needs a class- or text-conditional model) is listed as
 skipped with the reason; metrics whose perception network is not converted yet (FID / precision / recall, LPIPS,
@@ -33,50 +33,68 @@ checkpoints. Without --train-run both are listed as skipped.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import sys
 import time
 
+from experiments import (
+    alignment,
+    approximation_error,
+    assignment,
+    correlations,
+    diversity,
+    interpolation,
+    normality,
+    plain,
+    steps,
+    swap,
+    training_dynamics,
+    trajectories,
+    triangles,
+    variances,
+)
 from jtaba import cli, io
 from jtaba.distributed import is_main
 from jtaba.runs import StandardOptions
 from jtaba.runs.settings import INPUT_FIELDS
 
-# (module, paper reference, options it takes from the report's flags), in dependency order: the standard run
-# first (triangles makes it), then the analyses that reuse it, then those with runs of their own.
+# In dependency order: the standard run first (triangles makes it), then the analyses that reuse it, then those
+# with runs of their own; the training analyses (App. G) last, on the --train-run folders instead of the model.
+ANALYSES = tuple(m.ANALYSIS for m in (triangles, correlations, variances, normality, plain, assignment, steps, swap,
+                                      approximation_error, trajectories, interpolation, diversity))
+TRAINING_ANALYSES = (training_dynamics.ANALYSIS, alignment.ANALYSIS)
+BY_NAME = {a.name: a for a in ANALYSES + TRAINING_ANALYSES}
+NAMES = tuple(BY_NAME)
+TRAINING_NAMES = tuple(a.name for a in TRAINING_ANALYSES)
 STANDARD = tuple(f.name for f in dataclasses.fields(StandardOptions))
-OWN_SIZES = ("seed", "batch", "precision")
-ANALYSES = (
-    ("triangles", "Tab. 3, Fig. 9, App. B", STANDARD),
-    ("correlations", "Tab. 2, Sec. 3.2", STANDARD),
-    ("variances", "Tab. 4, Sec. 3.2", STANDARD),
-    ("normality", "Fig. 2, Sec. 3.2", STANDARD),
-    ("plain", "Tab. 5, Fig. 11, App. C", STANDARD),
-    ("assignment", "Tab. 8, Fig. 12-13, App. E", STANDARD),
-    ("steps", "Tab. 10, Tab. 11", ("n", *OWN_SIZES)),
-    ("swap", "Tab. 9 and the forward fix, Sec. 5", OWN_SIZES),
-    ("approximation_error", "Fig. 4, Tab. 6, App. D", ("steps", *OWN_SIZES)),
-    ("trajectories", "Fig. 3, Sec. 3.3", ("steps", *OWN_SIZES)),
-    ("interpolation", "Fig. 5, Tab. 12, Sec. 4.1", OWN_SIZES),
-    ("diversity", "Fig. 6-7, Tab. 7, Tab. 13, Sec. 4.2", ("steps", *OWN_SIZES)),
-)
-# The training analyses (App. G), after the model analyses: ``compute(opts, rows_folder)`` on the --train-run
-# folders instead of the model; besides these report flags they take --train-n, --train-select and the runs.
+# What the training analyses take from the report's flags; besides these, --train-n, --train-select and the runs.
 TRAINING_TAKES = ("steps", "batch", "precision", "runs_dir")
-TRAINING_ANALYSES = (
-    ("training_dynamics", "App. G.1, G.2, Fig. 14-15", TRAINING_TAKES),
-    ("alignment", "App. G.3, Fig. 16-19", TRAINING_TAKES),
-)
-NAMES = tuple(name for name, _, _ in ANALYSES + TRAINING_ANALYSES)
-TRAINING_NAMES = tuple(name for name, _, _ in TRAINING_ANALYSES)
 APP_G_N = 2048  # App. G's N (upstream generate_noises(2048, 420)): --train-n's cap by default
 NEEDS_TRAINING_RUN = ("needs a training run: train one with `python -m jtaba.train --preset=... --out=DIR` (README "
                       "\"Training ADMs from scratch\") and pass --train-run=DIR")
+# The paper's runs (Sec. 3.1; upstream README and slurm scripts): ADM n_samples=10240, num_inference_steps=100,
+# seed 420, float32 (upstream's DiT / IF / LDM pipelines ran in float16).
+PAPER = {"n": "10,240", "steps": "100", "seed": "420 (ADM)", "precision": "float32 (ADM; DiT / IF in float16)"}
+
+
+def own_sizes_help() -> str:
+    """The sizes paragraph of --help, from the analyses' declarations."""
+    import textwrap
+
+    symbol = {"n": "N", "steps": "T"}
+    lines = []
+    for a in ANALYSES:
+        if a.own_sizes:
+            own = ", ".join(f"{symbol.get(k, k)} = {getattr(a.options_class, k)}" for k in a.own_sizes)
+            lines += textwrap.wrap(f"{a.name}: its own {own} ({a.sizes_note})", 112, initial_indent="  ",
+                                   subsequent_indent="    ")
+    head = ("Sizes: --n and --steps set the standard run of every other analysis (steps runs T = 10, 20 and --steps); "
+            "these keep their own:")
+    return "\n".join([*textwrap.wrap(head, 116), *lines, ""])
 
 
 def build_parser():
-    p = cli.parser("python -m experiments.reproduce", __doc__)
+    p = cli.parser("python -m experiments.reproduce", f"{__doc__}\n{own_sizes_help()}")
     cli.add_analysis_flags(p, StandardOptions)
     p.add_argument("--only", default=None, metavar="A,B",
                    help=f"comma-separated analyses to run (default: all of {', '.join(NAMES)})")
@@ -107,36 +125,100 @@ def chosen(args) -> list[str]:
     return [a for a in NAMES if a in only and a not in skip]
 
 
-def options_for(name: str, module, args, takes) -> object:
-    """The analysis's own defaults, with the report's flags it takes."""
-    fields = {f.name for f in dataclasses.fields(module.Options)}
-    given = {k: getattr(args, k) for k in (*takes, *INPUT_FIELDS) if k in fields}  # every run with the inputs
-    if name == "swap" and args.swap_steps is not None:
+def options_for(analysis: cli.Analysis, args) -> object:
+    """The analysis's own defaults, with the report's flags it takes (all run settings but its ``own_sizes``;
+    --swap-steps for swap's T)."""
+    fields = {f.name for f in dataclasses.fields(analysis.options_class)}
+    takes = [k for k in (*STANDARD, *INPUT_FIELDS) if k not in analysis.own_sizes]
+    given = {k: getattr(args, k) for k in takes if k in fields}  # every run with the inputs
+    if analysis.name == "swap" and args.swap_steps is not None:
         given["steps"] = args.swap_steps
-    return module.Options(**given)
+    return analysis.options_class(**given)
 
 
-def training_options(module, args, takes) -> object:
+def training_options(analysis: cli.Analysis, args) -> object:
     """A training analysis's own defaults (App. G's noise seed 420), with the report's flags it takes, --train-n,
     --train-select and the training runs: the first --train-run for an analysis of one run (field ``run``), all of
     them for one over runs (field ``runs``)."""
-    fields = {f.name for f in dataclasses.fields(module.Options)}
+    fields = {f.name for f in dataclasses.fields(analysis.options_class)}
     runs = {"run": args.train_runs[0], "runs": tuple(args.train_runs)}
-    given = {k: getattr(args, k) for k in takes if k in fields}
+    given = {k: getattr(args, k) for k in TRAINING_TAKES if k in fields}
     given.update({k: v for k, v in runs.items() if k in fields})
     n = min(args.n, APP_G_N) if args.train_n is None else args.train_n
-    return module.Options(**given, n=n, select=args.train_select)
+    return analysis.options_class(**given, n=n, select=args.train_select)
 
 
 def figures(folder: str) -> list[str]:
     return sorted(f for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
 
 
-def section(name: str, ref: str, body: str, opts, seconds: float, folder: str) -> str:
-    """An analysis's report.md section: its markdown tables, its figures, the options and the time."""
+def sizes_line(analysis: cli.Analysis, opts, args, passes: int) -> str:
+    """The section's sizes: N and T(s), and why they differ from the report's."""
+    ts = ", ".join(map(str, analysis.step_counts(opts)))
+    if analysis.training:
+        return f"N = {opts.n} per checkpoint (App. G's fixed noise set, seed {opts.seed}), T = {ts}."
+    what = f"N = {opts.n}{' per T' if len(analysis.step_counts(opts)) > 1 else ''}, T = {ts}"
+    own = [k for k in ("n", "steps") if getattr(opts, k) != getattr(args, k)]
+    if analysis.name == "swap" and args.swap_steps is not None and "steps" in own:
+        own.remove("steps")
+    if not own:
+        shared = " (the standard run, shared)" if len(analysis.step_counts(opts)) == 1 else ""
+        return f"{what}{shared}."
+    return (f"Ran at its own {what} (the report's: N = {args.n}, T = {args.steps}): {passes} network passes of "
+            f"N x T; {analysis.sizes_note}.")
+
+
+def options_text(opts) -> str:
+    """The options beyond N and T (shown in the sizes line) and beyond unset inputs."""
+    unset = {k for k in INPUT_FIELDS if getattr(opts, k, None) == getattr(StandardOptions, k, None)}
+    return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(opts).items() if k not in {"n", "steps", *unset})
+
+
+def section(analysis: cli.Analysis, body: str, sizes: str, opts, seconds: float, folder: str) -> str:
+    """An analysis's report.md section: the sizes, its markdown tables, its figures, the options and the time."""
+    name = analysis.name
     pictures = "\n\n".join(f"![{name} {png}]({name}/{png})" for png in figures(folder))
-    return (f"## {name} ({ref})\n\n{body}\n\n{pictures}\n\n"
-            f"<sub>options: {dataclasses.asdict(opts)}; {seconds:.0f} s; files: `{name}/`</sub>\n")
+    return (f"## {name} ({analysis.paper_ref})\n\n{sizes}\n\n{body}\n\n{pictures}\n\n"
+            f"<sub>options: {options_text(opts)}; {seconds:.0f} s; files: `{name}/`</sub>\n")
+
+
+def device_text() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    count = f"{jax.device_count()} x " if jax.device_count() > 1 else ""
+    return f"{count}{d.device_kind} ({d.platform})"
+
+
+def summary_block(ws, args, argv, entries: dict, total: float, train_names: list[str]) -> str:
+    """report.md's head: model, sizes against the paper's, precision, device, time, analyses run and skipped."""
+    run = [n for n, e in entries.items() if "skipped" not in e]
+    skipped = [f"{n} ({'no training run' if e['skipped'] == NEEDS_TRAINING_RUN else 'model cannot run it'})"
+               for n, e in entries.items() if "skipped" in e]
+    family = getattr(ws.model, "family", "?")
+    rows = [("model", f"`{ws.tag}` ({family})", "ADM-32 / 64 / 256, LDM, DiT, IF (Sec. 3.1)"),
+            ("N (samples of the standard run)", f"{args.n:,}", PAPER["n"]),
+            ("T (DDIM steps of sampling and inversion)", str(args.steps), PAPER["steps"]),
+            ("seed of the noise", str(args.seed), PAPER["seed"]),
+            ("precision", args.precision, PAPER["precision"])]
+    table = ["| | this report | the paper |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
+    training = f" App. G on the training runs {', '.join(f'`{n}`' for n in train_names)}." if train_names else ""
+    ran = f"Analyses run ({len(run)}): {', '.join(run)}."
+    if skipped:
+        ran += f" Skipped ({len(skipped)}): {', '.join(skipped)}."
+    command = " ".join(["python -m experiments.reproduce", *argv])
+    note = (f"Sections that ran at other sizes say so and why; every table's columns are defined under it. Written "
+            f"by `{command}`.")
+    return "\n".join([f"# There and Back Again, reproduced on `{ws.tag}`", "", *table, "",
+                      f"Device: {device_text()}. Total time: {total / 60:.1f} min. {ran}{training}", "", note, ""])
+
+
+def left_text(done: int, elapsed: float, left: int) -> str:
+    """", ~M min left" at the pace so far (the mean time of the ``done`` analyses, for the ``left`` to run)."""
+    if done == 0 or left == 0:
+        return ""
+    minutes = elapsed / done * left / 60
+    return f", ~{minutes:.0f} min left" if minutes >= 1 else ", <1 min left"
 
 
 @cli.entry_point
@@ -155,21 +237,23 @@ def main(argv: list[str] | None = None) -> str:
     out = cli.out_dir(args, ws.tag, "reproduce", *cli.input_parts(args))
     writes = is_main()  # every process computes (the runs are collective); process 0 writes
     cli.warn_if_slow(args.n, args.steps, 6, "reproduce")  # the standard run, and about as much again elsewhere
-    refs = {name: (ref, takes) for name, ref, takes in ANALYSES + TRAINING_ANALYSES}
     summary = {"model": ws.tag, "settings": {k: getattr(args, k) for k in STANDARD},
                "training_runs": [os.path.abspath(r) for r in args.train_runs], "analyses": {}}
-    sections = []
-    for i, name in enumerate(names):
-        ref, takes = refs[name]
-        module = importlib.import_module(f"experiments.{name}")
-        training = name in TRAINING_NAMES
-        print(f"[{i + 1}/{len(names)}] {name} ({ref})", flush=True)
-        if training:
-            opts = training_options(module, args, takes) if args.train_runs else None
+    plan = []  # (analysis, options or None, reason to skip or None)
+    for name in names:
+        analysis = BY_NAME[name]
+        if analysis.training:
+            opts = training_options(analysis, args) if args.train_runs else None
             reason = None if args.train_runs else NEEDS_TRAINING_RUN
         else:
-            opts = options_for(name, module, args, takes)
-            reason = module.unavailable(ws, opts) if hasattr(module, "unavailable") else None
+            opts = options_for(analysis, args)
+            reason = analysis.unavailable(ws, opts)
+        plan.append((analysis, opts, reason))
+    sections, started, done = [], time.time(), 0
+    for i, (analysis, opts, reason) in enumerate(plan):
+        name, ref = analysis.name, analysis.paper_ref
+        left = left_text(done, time.time() - started, sum(r is None for *_, r in plan[i:]))
+        print(f"[{i + 1}/{len(plan)}] {name} ({ref}){left}", flush=True)
         if reason:
             print(f"  skipped: {reason}", flush=True)
             summary["analyses"][name] = {"reference": ref, "skipped": reason}
@@ -180,27 +264,29 @@ def main(argv: list[str] | None = None) -> str:
         start = time.time()
         folder = os.path.join(out, name)
         entry = {"reference": ref, "options": dataclasses.asdict(opts), "folder": folder}
-        if training:  # resumable rows kept where the analysis's own command keeps them
-            entry["rows"] = os.path.abspath(module.default_out(opts))
-            result = module.compute(opts, entry["rows"])
+        label = f"[{i + 1}/{len(plan)}] {name}"
+        if analysis.training:  # resumable rows kept where the analysis's own command keeps them
+            entry["rows"] = os.path.abspath(analysis.default_out(opts))
+            result = analysis.compute(opts, entry["rows"])
         else:
-            result = module.compute(ws, opts)
+            result = analysis.compute(dataclasses.replace(ws, label=label), opts)
         if writes:
-            module.write_outputs(result, folder)
+            analysis.write_outputs(result, folder)
         seconds = time.time() - start
+        done += 1
         summary["analyses"][name] = {**entry, "seconds": round(seconds, 1)}
-        sections.append(section(name, ref, module.markdown(result), opts, seconds, folder))
+        passes = 0 if analysis.training else analysis.network_passes(ws, opts)
+        sections.append(section(analysis, analysis.markdown(result), sizes_line(analysis, opts, args, passes), opts,
+                                seconds, folder))
         if writes:
             io.write_json(os.path.join(out, "report.json"), summary)
     if not writes:
         return out
-    training_line = (f" App. G on the training runs {', '.join(f'`{n}`' for n in train_names)}."
-                     if train_names else "")
-    header = (f"# There and Back Again, reproduced on `{ws.tag}`\n\n"
-              f"Standard run: N = {args.n}, T = {args.steps}, seed {args.seed}, precision {args.precision}."
-              f"{training_line} Written by `{' '.join(['python -m experiments.reproduce', *argv])}`.\n")
-    io.write_text(os.path.join(out, "report.md"), "\n".join([header, *sections]))
-    total = sum(a.get("seconds", 0) for a in summary["analyses"].values())
+    total = time.time() - started
+    summary["seconds"] = round(total, 1)
+    io.write_json(os.path.join(out, "report.json"), summary)
+    head = summary_block(ws, args, argv, summary["analyses"], total, train_names)
+    io.write_text(os.path.join(out, "report.md"), "\n".join([head, *sections]))
     print(f"wrote {out}/report.md ({len(names)} analyses, {total / 60:.1f} min)")
     return out
 

@@ -181,6 +181,11 @@ def out_parts(opts: Options) -> list[str]:
     return parts + ([] if opts.divs == 8 else [f"divs{opts.divs}"])
 
 
+def step_counts(opts: Options) -> tuple[int, ...]:
+    """The step counts T it runs (one standard run each)."""
+    return opts.all_steps
+
+
 def network_passes(ws, opts: Options) -> int:
     """N x T network passes (T = --steps): sample, invert and reconstruct for every T of the list."""
     return math.ceil(3 * sum(opts.all_steps) / opts.steps)
@@ -189,7 +194,7 @@ def network_passes(ws, opts: Options) -> int:
 ANALYSIS = cli.Analysis(
     name="steps", paper_ref="App. B.2 Tab. 10, App. E.2 Tab. 11", options_class=Options, build_parser=build_parser,
     compute=compute, write_outputs=write_outputs, markdown=markdown, options_from_args=options_from_args,
-    out_parts=out_parts, network_passes=network_passes, console=report,
+    out_parts=out_parts, network_passes=network_passes, console=report, step_counts=step_counts,
 )
 main = cli.analysis_main(ANALYSIS)
 

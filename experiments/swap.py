@@ -129,7 +129,7 @@ def compute(ws, opts: Options) -> dict:
 
     standard = ws.run(opts.run_settings())  # the standard run every analysis shares
     # The ground truth: every sampling step of the same noise (inversion not needed).
-    record = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False))
+    record = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False), "recorded sampling")
     corr = top_k_corr_in_patches(standard["noise"], patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K)
     noise_row = {"correlation": corr["mean"], "correlation_std": corr["std"], "image_error": None,
                  "noise_error": 0.0, "kl": 0.0}
@@ -144,7 +144,7 @@ def compute(ws, opts: Options) -> dict:
                 rows.append({"k": k, "skipped": why})
                 notes.append(f"{kind} swap K={k} skipped: {why}")
                 continue
-            run = ws.run(opts.run_settings(swap_from=record, swap_before=k, swap_type=kind))
+            run = ws.run(opts.run_settings(swap_from=record, swap_before=k, swap_type=kind), f"{kind} swap K={k}")
             rows.append({"k": k, **run_metrics(run)})
         methods[f"{kind}_swap"] = {"rows": rows}
     for level in FORWARD_LEVELS:
@@ -162,7 +162,7 @@ def compute(ws, opts: Options) -> dict:
                 notes.append(f"forward {level} K={k} skipped: {why}")
                 continue
             run = ws.run(opts.run_settings(samples=standard["samples"], forward_before=k, forward_level=level,
-                                           forward_seed=opts.forward_seed))
+                                           forward_seed=opts.forward_seed), f"forward {level} K={k}")
             rows.append({"k": k, **run_metrics(run)})
         methods[f"forward_{level}"] = {"rows": rows}
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
@@ -242,14 +242,30 @@ def _fmt(v, spec=".4g"):
     return "–" if v is None else format(v, spec)
 
 
+MD_METHODS = {"eps_swap": "ε", "xt_swap": "x_t", "forward_exact": "fwd-exact", "forward_upstream": "fwd-upstream"}
+MD_METHOD_DEFINITIONS = {
+    "eps_swap": "ε swap, the first K inversion steps use the ground-truth noise prediction ε of the sampling run",
+    "xt_swap": "x_t swap, the state after each of the first K inversion steps is the sampling run's",
+    "forward_exact": "forward replacement at the exact level, the first K steps replaced by forward diffusion "
+                     "q(x_t | x_0) with fresh noise to where K inversion steps land",
+    "forward_upstream": "forward replacement at the upstream level, one step further (the diffusers scripts')"}
+MD_COLUMN_DEFINITIONS = ("Corr. = pixel correlation of the latents (mean of the top-20 |Pearson r| in 8x8 patches); "
+                         "Image = image reconstruction error, mean |x_0 reconstructed from the latent - x_0|; "
+                         "Noise = noise reconstruction error, mean |x_T - x̂_T|; KL = KL(noise || latents) of 1-D "
+                         "Gaussians fitted to all elements")
+
+
 def markdown(result: dict) -> str:
-    """Tab. 9 as markdown: rows K (ø, each K, noise), per method the columns Corr. / Image / Noise / KL."""
+    """Tab. 9 as markdown: rows K (ø, each K, noise), per method the columns Corr. / Image / Noise / KL, every row,
+    method and column defined under the table."""
     methods = [m for m in METHODS if not result["methods"][m].get("same_as")]
-    names = dict(MD_LABELS)
+    names, defs = dict(MD_METHODS), dict(MD_METHOD_DEFINITIONS)
     if result["forward_levels_coincide"]:
-        names["forward_exact"] = "forward (exact = upstream)"
-    cols = [f"{names[m]}: {MD_COLUMNS[c]}" for m in methods for c in COLUMNS]
-    lines = ["| replaced K (% of T) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        names["forward_exact"] = "fwd"
+        defs["forward_exact"] = (f"forward (exact = upstream), {defs['forward_exact']} (for {result['diffusion']} "
+                                 "models the upstream level is the same)")
+    cols = [f"{names[m]} {MD_COLUMNS[c]}" for m in methods for c in COLUMNS]
+    lines = ["| K (% of T) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     T = result["steps"]
 
     def line(label, pick):
@@ -259,9 +275,11 @@ def markdown(result: dict) -> str:
     for k in result["k_list"]:
         lines.append(line(f"{k} ({100 * k / T:.0f} %)", lambda m, k=k: _row_at(result, m, k)))
     lines.append(line("Noise", lambda m: result["noise"]))
-    foot = [f"{result['model']}, N = {result['n']}, T = {T}; – : not applicable or K out of range."]
-    foot += result["notes"]
-    return "\n".join(lines + [""] + foot)
+    foot = [f"{result['model']}, N = {result['n']}, T = {T}. Rows: K, the number of first inversion steps replaced "
+            "(% of T); ø: none, plain DDIM inversion; Noise: the noise x_T itself (its correlation; its errors are "
+            "0). Methods: " + "; ".join(f"{names[m]}: {defs[m]}" for m in methods) + ". Columns: "
+            + MD_COLUMN_DEFINITIONS + ". –: not applicable or K out of range."]
+    return "\n".join(lines + [""] + ["\n\n".join(foot + result["notes"])])
 
 
 def report(result: dict) -> str:

@@ -232,6 +232,10 @@ def _always_available(ws, opts) -> None:
     return None
 
 
+def _one_step_count(opts) -> tuple[int, ...]:
+    return (opts.steps,)
+
+
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     """One analysis command, declared by its ``experiments`` module as ``ANALYSIS`` (its command is
@@ -245,8 +249,8 @@ class Analysis:
     flags of the same names), ``out_parts(opts)`` (output folder name parts for its own settings),
     ``network_passes(ws, opts)`` (N x T network passes, for the slow-CPU note), ``unavailable(ws, opts)`` (why the
     model cannot run it, else None), ``console(result)`` (the summary printed at the end; default: the markdown);
-    ``own_sizes``: the run settings it keeps at its own defaults in ``reproduce`` (e.g. ("n", "steps")), with
-    ``sizes_note`` saying why."""
+    ``step_counts(opts)``: the DDIM step counts T it runs (default: (opts.steps,)); ``own_sizes``: the run settings
+    it keeps at its own defaults in ``reproduce`` (e.g. ("n", "steps")), with ``sizes_note`` saying why."""
     name: str
     paper_ref: str
     options_class: type
@@ -261,6 +265,7 @@ class Analysis:
     console: Callable | None = None
     default_out: Callable | None = None
     training: bool = False
+    step_counts: Callable = _one_step_count
     own_sizes: tuple[str, ...] = ()
     sizes_note: str = ""
 
