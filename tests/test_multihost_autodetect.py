@@ -89,7 +89,7 @@ def _close(a, b) -> bool:
         return all(_close(a[k], b[k]) for k in a)
     if isinstance(a, list):
         assert len(a) == len(b)
-        return all(_close(x, y) for x, y in zip(a, b))
+        return all(_close(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
         return True

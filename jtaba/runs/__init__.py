@@ -5,12 +5,14 @@
     r["latents"]          # (512, C, H, W) memory map; r.identity says what it was computed from
 
 ``run`` (``jtaba.runs.run``), its settings (``jtaba.runs.settings``), the chunk store (``jtaba.runs.store``), content
-fingerprints (``jtaba.runs.fingerprint``) and the reader of finished runs (``jtaba.runs.reader``).
+fingerprints (``jtaba.runs.fingerprint``), the reader of finished runs (``jtaba.runs.reader``) and upstream's arrays
+as a run (``jtaba.runs.importer``).
 """
+from jtaba.runs.importer import import_run
 from jtaba.runs.reader import Run, RunNotFinished, find_run, open_run
 from jtaba.runs.run import Workspace, plan, run
 from jtaba.runs.settings import RunSettings, StandardOptions
 from jtaba.runs.store import RunMismatch
 
 __all__ = ["Run", "RunMismatch", "RunNotFinished", "RunSettings", "StandardOptions", "Workspace", "find_run",
-           "open_run", "plan", "run"]
+           "import_run", "open_run", "plan", "run"]

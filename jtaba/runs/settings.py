@@ -203,8 +203,9 @@ def identity(s: RunSettings, n: int, model_fingerprint: str) -> dict:
 
 def serves(have: dict, want: dict) -> bool:
     """Whether a finished run with identity ``have`` holds everything a run with identity ``want`` would write
-    (same identity except that it may have recorded / inverted / reconstructed more)."""
-    core = lambda d: {k: v for k, v in d.items() if k not in OUTPUT_FLAGS}  # noqa: E731
+    (same identity except that it may have recorded / inverted / reconstructed more; an imported run's provenance,
+    ``imported``, is no setting: ``jtaba.runs.import_run``)."""
+    core = lambda d: {k: v for k, v in d.items() if k not in OUTPUT_FLAGS and k != "imported"}  # noqa: E731
     return core(have) == core(want) and all(have[k] or not want[k] for k in OUTPUT_FLAGS)
 
 
