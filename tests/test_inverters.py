@@ -1,0 +1,322 @@
+"""Inversion methods beyond DDIM (``jtaba.inverters`` in ``jtaba.engine.run_method``) against re-typed oracles of
+their reference implementations' loops (numpy float64, the same tiny network's ε), on a tiny random ADM and the
+golden tiny DiT with a diffusers DDIM schedule whose levels and labels come from diffusers' own scheduler; and the
+exactness of edict / bdia / belm / ddpm round trips (sample -> invert -> sample) against DDIM on the same model.
+
+Oracles (upstream function names): EDICT ``coupled_stablediffusion`` with ``forward_step`` / ``reverse_step``
+(leapfrog on), BELM ``samplers/BELM.py`` and ``samplers/BDIA.py`` ``intermediate_to_latent`` /
+``latent_to_intermediate``, ReNoise ``inversion_step`` (averaging, no noise regularisation / correction), Anderson
+acceleration in the Walker-Ni difference form, DDPM_inversion ``inversion_forward_process`` / ``reverse_step``
+(η = 1). Where jtaba deviates (the first BDIA / BELM inversion step's label, the ddpm map of a σ = 0 step), the
+oracle states it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jtaba
+from jtaba import inverters
+from jtaba.diffusion import DiffusionConfig
+from jtaba.inverters import Method
+from jtaba.model import Model
+from jtaba.models import adm, dit
+from jtaba.runs import RunSettings
+from jtaba.runs.settings import identity
+from tests.test_dit import tiny as dit_tiny  # noqa: F401  (golden dit_tiny with recipe weights)
+
+T, B = 3, 2
+DDIM_SCHED = dict(beta_schedule="linear", clip_sample=False, set_alpha_to_one=True)
+
+
+def _draw(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def one(path, s):
+        name = path[-1].key
+        if name == "scale":
+            return (1 + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
+        if name == "bias":
+            return (0.05 * rng.standard_normal(s.shape)).astype(np.float32)
+        return (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+@pytest.fixture(scope="module")
+def adm_model():
+    flags = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions="16",
+                 learn_sigma=True, diffusion_steps=1000, noise_schedule="cosine")
+    config = adm.Config.from_flags(flags)
+    net = adm.Network(config)
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), None)
+    params = jax.tree.map(jnp.asarray, _draw(shapes["params"]))
+    return Model("adm", config, net, params, DiffusionConfig.from_adm_flags(flags))
+
+
+@pytest.fixture(scope="module")
+def dit_model(dit_tiny):  # noqa: F811
+    config, params = dit_tiny
+    params = jax.tree.map(jnp.asarray, params)
+    return Model("dit", config, dit.Network(config), params,
+                 DiffusionConfig.from_diffusers_scheduler(DDIM_SCHED, learned_sigma=True))
+
+
+def _setup(model):
+    """(eps(x NCHW float64, label) -> float64, labels, ᾱ levels (T+1,), cond) for the oracles. The DiT's levels and
+    labels are read from diffusers' DDIMScheduler, the ADM's from guided-diffusion's spacing (jtaba.schedules)."""
+    cond = jnp.asarray([207, 88], jnp.int32) if model.conditional else None
+    if model.family == "dit":
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler(**DDIM_SCHED)
+        sched.set_timesteps(T)
+        ts = sched.timesteps.numpy()
+        ac = sched.alphas_cumprod.numpy().astype(np.float64)
+        labels = ts.astype(np.float32)
+        abar = np.concatenate([ac[ts], [float(sched.final_alpha_cumprod)]])
+    else:
+        labels, abar = inverters.levels(model.diffusion, T)
+    channels = model.sample_shape[0]
+    net = jax.jit(lambda x, t: model.network.apply({"params": model.params}, x, jnp.full((B,), t, jnp.float32),
+                                                   cond)[..., :channels])
+
+    def eps(x, label):
+        out = net(jnp.asarray(np.moveaxis(x, 1, -1), jnp.float32), float(label))
+        return np.moveaxis(np.asarray(out, np.float64), -1, 1)
+
+    return eps, labels, abar, cond
+
+
+def _image(model, seed=1):
+    return np.random.default_rng(seed).uniform(-0.9, 0.9, (B, *model.sample_shape)).astype(np.float32)
+
+
+def _close(got, want, what, tol=2e-4):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    err = float(np.max(np.abs(got - want)))
+    assert err <= tol * max(1.0, float(np.max(np.abs(want)))), f"{what}: max-abs {err:.3e}"
+
+
+# ---- re-typed reference loops (numpy float64; ᾱ index k = sampling level, k = T the clean end) ------------------
+
+def _ddim_coefs(abar, k, j):
+    """DDIM from level k to level j: x' = A·x + B·ε."""
+    a = np.sqrt(abar[j] / abar[k])
+    return a, np.sqrt(1 - abar[j]) - np.sqrt(1 - abar[k]) * a
+
+
+def edict_oracle(eps, labels, abar, pair, p, reverse):
+    """EDICT ``coupled_stablediffusion`` (leapfrog_steps=True), forward_step / reverse_step in its alpha-quotient
+    form."""
+    pair = [np.asarray(v, np.float64) for v in pair]
+
+    def forward_step(e, k, s):
+        aq = np.sqrt(abar[k] / abar[k + 1])
+        return s / aq - (1 / aq) * np.sqrt(1 - abar[k]) * e + np.sqrt(1 - abar[k + 1]) * e
+
+    def reverse_step(e, k, s):
+        aq = np.sqrt(abar[k] / abar[k + 1])
+        return aq * s + np.sqrt(1 - abar[k]) * e - aq * np.sqrt(1 - abar[k + 1]) * e
+
+    ks = list(range(T))[::-1] if reverse else list(range(T))
+    for i, k in enumerate(ks):
+        if reverse:
+            pair[1] = (pair[1] - (1 - p) * pair[0]) / p
+            pair[0] = (pair[0] - (1 - p) * pair[1]) / p
+        for latent_i in range(2):
+            offset = ((T - (i + 1)) + 1) % 2 if reverse else i % 2
+            latent_i = (latent_i + offset) % 2
+            e = eps(pair[(latent_i + 1) % 2], labels[k])
+            pair[latent_i] = (reverse_step if reverse else forward_step)(e, k, pair[latent_i])
+        if not reverse:
+            pair[0] = p * pair[0] + (1 - p) * pair[1]
+            pair[1] = (1 - p) * pair[0] + p * pair[1]
+    return pair
+
+
+def multistep_sample_oracle(eps, labels, abar, x0, x1, name, gamma=0.5):
+    """BELM / BDIA ``intermediate_to_latent`` from the pair (x_0, x_1) (freeze_step 0, intermediate_second)."""
+    xis = [np.asarray(x0, np.float64), np.asarray(x1, np.float64)]
+    al, sg = np.sqrt(abar), np.sqrt(1 - abar)
+    for i in range(1, T):
+        e = eps(xis[-1], labels[i])
+        p, t, s = i - 1, i, i + 1
+        if name == "belm":
+            tp, tt, ts = sg[p] / al[p], sg[t] / al[t], sg[s] / al[s]
+            d1, d2, d3 = tt - tp, ts - tt, ts - tp
+            new = (d2 * d3 * al[s] / d1 * e + (d2 / d1) ** 2 * (al[s] / al[p]) * xis[-2]
+                   + (d1 - d2) * d3 / d1 ** 2 * (al[s] / al[t]) * xis[-1])
+        else:
+            coef_xt, coef_eps = al[s] / al[t], sg[s] - sg[t] * al[s] / al[t]
+            coef_xt = coef_xt - gamma * al[p] / al[t]
+            coef_eps = coef_eps - gamma * (sg[p] - sg[t] * al[p] / al[t])
+            new = gamma * xis[-2] + coef_xt * xis[-1] + coef_eps * e
+        xis.append(new)
+    return xis[-1]
+
+
+def multistep_invert_oracle(eps, labels, abar, image, name, gamma=0.5):
+    """BELM / BDIA ``latent_to_intermediate``; returns (x_0, x_1). Deviations kept by jtaba: the first step's ε is
+    evaluated at the label of sampling step T−1 (upstream: training timestep 1), and BDIA's first step uses ε (the
+    BELM repo's BDIA.py drops it there; BELM.py and the BDIA repository keep it)."""
+    xis = [np.asarray(image, np.float64)]
+    al, sg = np.sqrt(abar), np.sqrt(1 - abar)
+    for i in range(T):
+        index = T - i - 1
+        e = eps(xis[-1], labels[min(index + 1, T - 1)])
+        a_i, s_i, a_1, s_1 = al[index], sg[index], al[index + 1], sg[index + 1]
+        if i == 0:
+            new = (a_i / a_1) * xis[-1] + (s_i - (a_i / a_1) * s_1) * e
+        else:
+            a_2, s_2 = al[index + 2], sg[index + 2]
+            if name == "belm":
+                h_i, h_1 = s_i / a_i - s_1 / a_1, s_1 / a_1 - s_2 / a_2
+                new = ((a_i / a_2) * h_i ** 2 / h_1 ** 2 * xis[-2] + (a_i / a_1) * (h_1 ** 2 - h_i ** 2) / h_1 ** 2
+                       * xis[-1] + a_i * (h_1 + h_i) * h_i / h_1 * e)
+            else:
+                new = ((1 / gamma) * xis[-2] + (a_i / a_1 - (1 / gamma) * (a_2 / a_1)) * xis[-1]
+                       + ((s_i - (a_i / a_1) * s_1) - (1 / gamma) * (s_2 - (a_2 / a_1) * s_1)) * e)
+        xis.append(new)
+    return xis[-1], xis[-2]
+
+
+def fixed_point_oracle(eps, labels, abar, image, iterations, average=0, anderson=0):
+    """ReNoise ``inversion_step`` per step (the last ``average`` ε averaged; one more inv_step with the mean), or
+    Anderson acceleration (Walker-Ni: x ← g_j − ΔG·γ, γ = lstsq(ΔF, f_j), window m) of the same map."""
+    z = np.asarray(image, np.float64)
+    for k in range(T - 1, -1, -1):
+        a, b = _ddim_coefs(abar, k, k + 1)
+        inv_step = lambda e, z=z, a=a, b=b: (z - b * e) / a  # noqa: E731
+        x, eps_sum, fs, gs = z, 0.0, [], []
+        for i in range(iterations):
+            e = eps(x, labels[k])
+            if i >= iterations - average:
+                eps_sum = eps_sum + e
+            g = inv_step(e)
+            if not anderson:
+                x = g
+                continue
+            fs, gs = (fs + [g - x])[-anderson:], (gs + [g])[-anderson:]
+            if len(fs) == 1:
+                x = g
+                continue
+            flat = lambda v: v.reshape(B, -1)  # noqa: E731
+            df = np.stack([flat(fs[j + 1] - fs[j]) for j in range(len(fs) - 1)], -1)
+            dg = np.stack([flat(gs[j + 1] - gs[j]) for j in range(len(gs) - 1)], -1)
+            gam = np.stack([np.linalg.lstsq(df[s], flat(fs[-1])[s], rcond=None)[0] for s in range(B)])
+            x = (flat(g) - np.einsum("bdj,bj->bd", dg, gam)).reshape(g.shape)
+        z = inv_step(eps_sum / average) if average else x
+    return z
+
+
+def ddpm_invert_oracle(eps, labels, abar, image, draws):
+    """DDPM_inversion ``inversion_forward_process`` (η = 1) with xts from ``draws`` (k = 0..T−1); returns
+    (x_0, zs in sampling order). Deviation kept by jtaba: a σ = 0 step's map is its residual, not 0."""
+    x0 = np.asarray(image, np.float64)
+    xts = [np.sqrt(abar[k]) * x0 + np.sqrt(1 - abar[k]) * draws[k] for k in range(T)] + [x0]
+    zs, xt = [], xts[0]
+    for k in range(T):
+        e = eps(xt, labels[k])
+        pred = (xt - np.sqrt(1 - abar[k]) * e) / np.sqrt(abar[k])
+        var = (1 - abar[k + 1]) / (1 - abar[k]) * (1 - abar[k] / abar[k + 1])
+        mu = np.sqrt(abar[k + 1]) * pred + np.sqrt(max(1 - abar[k + 1] - var, 0.0)) * e
+        z = (xts[k + 1] - mu) / np.sqrt(var) if var > 0 else xts[k + 1] - mu
+        zs.append(z)
+        xt = mu + (np.sqrt(var) if var > 0 else 1.0) * z
+    return xts[0], np.stack(zs)
+
+
+def ddpm_sample_oracle(eps, labels, abar, x, zs):
+    """DDPM_inversion ``reverse_step`` (η = 1) with the given maps."""
+    x = np.asarray(x, np.float64)
+    for k in range(T):
+        e = eps(x, labels[k])
+        pred = (x - np.sqrt(1 - abar[k]) * e) / np.sqrt(abar[k])
+        var = (1 - abar[k + 1]) / (1 - abar[k]) * (1 - abar[k] / abar[k + 1])
+        x = (np.sqrt(abar[k + 1]) * pred + np.sqrt(max(1 - abar[k + 1] - var, 0.0)) * e
+             + (np.sqrt(var) if var > 0 else 1.0) * zs[k])
+    return x
+
+
+# ---- tests ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["adm", "dit"])
+def test_steps_match_reference_loops(family, adm_model, dit_model):
+    """Every method's inversion and its sampling from the result against the re-typed reference loop; the exact
+    methods' round trips return the image where DDIM's does not."""
+    model = adm_model if family == "adm" else dit_model
+    eps, labels, abar, cond = _setup(model)
+    image = _image(model)
+    kw = dict(steps=T, cond=cond)
+    errors = {}
+    for name, opts in (("edict", {}), ("bdia", {"gamma": 0.7}), ("belm", {}), ("ddpm", {"seed": 3})):
+        inv = jtaba.invert(model, image, method=name, **kw, **opts)
+        back = jtaba.sample(model, inv, **kw)
+        if name == "edict":
+            want = edict_oracle(eps, labels, abar, [image, image], 0.93, reverse=True)
+            _close(inv.x, want[0], f"{family} edict latent x")
+            _close(inv.paired, want[1], f"{family} edict latent y")
+            _close(back.x, edict_oracle(eps, labels, abar, [inv.x, inv.paired], 0.93, reverse=False)[0],
+                   f"{family} edict sample")
+        elif name == "ddpm":
+            draws = np.asarray(inverters.ddpm_draws(3, jnp.arange(B), tuple(model.sample_shape), T), np.float64)
+            x0, zs = ddpm_invert_oracle(eps, labels, abar, image, draws)
+            _close(inv.x, x0, f"{family} ddpm latent")
+            _close(inv.paired, zs, f"{family} ddpm noise maps")
+            _close(back.x, ddpm_sample_oracle(eps, labels, abar, inv.x, inv.paired), f"{family} ddpm sample")
+        else:
+            x0, x1 = multistep_invert_oracle(eps, labels, abar, image, name, **opts)
+            _close(inv.x, x0, f"{family} {name} latent x_0", tol=1e-3)  # 1/γ and BELM's 1/prev amplify
+            _close(inv.paired, x1, f"{family} {name} latent x_1", tol=1e-3)
+            _close(back.x, multistep_sample_oracle(eps, labels, abar, inv.x, inv.paired, name, **opts),
+                   f"{family} {name} sample")
+        assert inv.nfe == Method.of(name, **opts).network_calls(T, True)
+        errors[name] = float(np.max(np.abs(np.asarray(back.x) - image)))
+    ddim = jtaba.sample(model, jtaba.invert(model, image, **kw), **kw).x
+    errors["ddim"] = float(np.max(np.abs(np.asarray(ddim) - image)))
+    print(f"{family} round-trip max-abs errors (float32):", {k: f"{v:.2e}" for k, v in errors.items()})
+    for name in ("edict", "bdia", "belm", "ddpm"):
+        assert errors[name] < 1e-4 < errors["ddim"], (name, errors)
+
+
+@pytest.mark.parametrize("opts", [{"iterations": 4}, {"iterations": 4, "average": 2}, {"iterations": 4, "anderson": 3}],
+                         ids=["plain", "renoise", "anderson"])
+def test_fixed_point_matches_reference(adm_model, opts):
+    eps, labels, abar, cond = _setup(adm_model)
+    image = _image(adm_model)
+    inv = jtaba.invert(adm_model, image, steps=T, method="fixed-point", **opts)
+    tol = 2e-3 if opts.get("anderson") else 2e-4  # lstsq vs the constrained normal equations near convergence
+    _close(inv.x, fixed_point_oracle(eps, labels, abar, image, **opts), f"fixed-point {opts}", tol=tol)
+    assert inv.nfe == 4 * T
+
+
+def test_npi_and_refusals(adm_model, dit_model):
+    y = jnp.asarray([207, 88], jnp.int32)
+    image = _image(dit_model)
+    inv = jtaba.invert(dit_model, image, steps=T, cond=y, guidance=4.0, method="npi")
+    plain = jtaba.invert(dit_model, image, steps=T, cond=y)  # npi inverts with the condition alone (w = 1)
+    np.testing.assert_array_equal(np.asarray(inv.x), np.asarray(plain.x))
+    np.testing.assert_array_equal(np.asarray(inv.null_cond), np.asarray(y))
+    guided = jtaba.sample(dit_model, inv, steps=T, cond=y, guidance=4.0)  # null = the source condition: ε_c
+    np.testing.assert_allclose(np.asarray(guided.x), np.asarray(jtaba.sample(dit_model, plain.x, steps=T,
+                                                                              cond=y).x), atol=1e-5)
+    assert guided.nfe == 2 * T
+    with pytest.raises(ValueError, match="npi .* needs a conditional model"):
+        jtaba.invert(adm_model, _image(adm_model), steps=T, method="npi")
+    with pytest.raises(ValueError, match="takes no option gamma"):
+        Method.of("edict", gamma=0.3)
+    with pytest.raises(ValueError, match="noise maps"):
+        jtaba.sample(adm_model, _image(adm_model), steps=T, method="ddpm")
+    with pytest.raises(ValueError, match="DDIM's"):
+        jtaba.invert(adm_model, _image(adm_model), steps=T, method="edict", forward_before=1,
+                     forward_key=jax.random.key(0))
+
+
+def test_run_identity_names_method_only_when_not_ddim():
+    plain = identity(RunSettings(n=4, steps=3), 4, "m")
+    assert "method" not in plain  # DDIM runs keep their fingerprints
+    edict = identity(RunSettings(n=4, steps=3, method="edict"), 4, "m")
+    assert edict["method"] == {"name": "edict", "mix": 0.93}
+    assert edict == identity(RunSettings(n=4, steps=3, method="edict", method_options=(("mix", 0.93),)), 4, "m")
+    with pytest.raises(ValueError, match="DDIM's"):
+        RunSettings(steps=3, method="bdia", forward_before=1).check()
