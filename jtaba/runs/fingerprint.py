@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import weakref
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 BLOCK_BYTES = 1 << 26
-_MODEL_CACHE: dict[int, tuple[Any, str]] = {}
+# params-tree digests by (tree structure, id of every leaf); an entry is dropped when one of its leaves is
+# collected (weakref.finalize), never evicted otherwise, and holds no reference to the arrays.
+_PARAMS_DIGESTS: dict[tuple, str] = {}
 
 
 def _update_array(h, a) -> None:
@@ -22,8 +24,8 @@ def _update_array(h, a) -> None:
     h.update(json.dumps([str(a.dtype), list(a.shape)]).encode())
     flat = a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
     step = max(1, BLOCK_BYTES // max(1, a.itemsize))
-    for i in range(0, flat.size, step):  # memmaps are read block by block
-        h.update(np.ascontiguousarray(flat[i:i + step]).tobytes())
+    for i in range(0, flat.size, step):  # memmaps are read block by block, hashed in place (no bytes copy)
+        h.update(flat[i:i + step].view(np.uint8))
 
 
 def array_digest(a, rows: int | None = None) -> str:
@@ -34,28 +36,45 @@ def array_digest(a, rows: int | None = None) -> str:
 
 
 def _host(leaf) -> np.ndarray:
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    """One parameter on the host, one shard copy at a time, not kept: ``np.asarray`` of a device array would cache
+    the host copy on the array, a second copy of the model in host memory for as long as the model lives."""
+    if not isinstance(leaf, jax.Array):
+        return np.asarray(leaf)
+    if not leaf.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-    return np.asarray(leaf)
+    out = np.empty(leaf.shape, leaf.dtype)
+    for shard in leaf.addressable_shards:
+        if shard.replica_id == 0:  # a replicated parameter is copied from one device only
+            out[shard.index] = np.asarray(shard.data)
+    return out
+
+
+def params_digest(params) -> str:
+    """Fingerprint of a params pytree: every leaf's path, dtype, shape and bytes, in path order. Cached while its
+    leaves live: the same arrays are hashed once however many runs (or models sharing a decoder) use them."""
+    leaves = sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0]))
+    key = (jax.tree_util.tree_structure(params), *(id(leaf) for _, leaf in leaves))
+    digest = _PARAMS_DIGESTS.get(key)
+    if digest is not None:
+        return digest
+    h = hashlib.sha256()
+    for path, leaf in leaves:
+        h.update(jax.tree_util.keystr(path).encode())
+        _update_array(h, _host(leaf))
+    digest = h.hexdigest()
+    try:
+        for _, leaf in leaves:
+            weakref.finalize(leaf, _PARAMS_DIGESTS.pop, key, None)
+    except TypeError:  # a leaf that takes no weak reference (a Python scalar): not cached
+        return digest
+    _PARAMS_DIGESTS[key] = digest
+    return digest
 
 
 def model_digest(model) -> str:
     """Fingerprint of a ``jtaba.Model``: family, network config, diffusion conventions, every parameter (path
-    sorted), the decoder's and the null prompt. Cached per params object (a run fingerprints its model once)."""
-    key = id(model.params)
-    hit = _MODEL_CACHE.get(key)
-    if hit is not None and hit[0] is model.params:
-        digest = hit[1]
-    else:
-        h = hashlib.sha256()
-        for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(model.params)[0],
-                                 key=lambda kv: jax.tree_util.keystr(kv[0])):
-            h.update(jax.tree_util.keystr(path).encode())
-            _update_array(h, _host(leaf))
-        digest = h.hexdigest()
-        _MODEL_CACHE.clear()  # one entry: hold at most one extra reference to a params tree
-        _MODEL_CACHE[key] = (model.params, digest)
-    h = hashlib.sha256(digest.encode())
+    sorted; ``params_digest``, cached), the decoder's (its own cached params digest) and the null prompt."""
+    h = hashlib.sha256(params_digest(model.params).encode())
     config = model.config.to_dict() if hasattr(model.config, "to_dict") else repr(model.config)
     h.update(json.dumps([model.family, config, model.diffusion.to_dict() if model.diffusion else None],
                         sort_keys=True, default=str).encode())
