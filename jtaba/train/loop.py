@@ -63,7 +63,8 @@ def _jitted_init(cfg: TrainConfig, mesh):
 
 def initial_state(cfg: TrainConfig, mesh) -> TrainState:
     """Freshly initialised TrainState, replicated over ``mesh``."""
-    return _jitted_init(cfg, mesh)()
+    # The length, save / log schedule and batch size do not change the state: one compilation for runs differing there.
+    return _jitted_init(cfg.replace(steps=1, save="", keep=None, log_every=1, batch_size=1), mesh)()
 
 
 def abstract_state(cfg: TrainConfig, mesh) -> TrainState:
