@@ -12,7 +12,11 @@ class labels, as upstream's shared conds). Pairs (A[i], B[i]) are interpolated i
 * "latents": their DDIM latents ("latents_ddim");
 * "latents_forward<K>": latents of an inversion of the same samples whose first K steps are replaced by forward
   diffusion q(x_K | x_0) (upstream "latents_ours", K = 2; forward seeds --forward-seed / --forward-seed-b for A / B,
-  upstream 10 / 42), one source per K of --forward-before (Tab. 12's rows).
+  upstream 10 / 42), one source per K of --forward-before, at --forward-level "exact" (q(x_K | x_0) at the level
+  the K-th inversion step reaches) or "upstream" (the diffusers forward level of the ICLR scripts; as exact for ADM);
+* "latents_swap<K>": latents of an inversion whose first K noise predictions are replaced by the ground truth ε of
+  a recorded sampling run of the same noise (the ε swap, ``RunSettings(swap_from=..., swap_type="eps")`` as
+  ``experiments.swap``), one source per K of --swap-steps: Tab. 12 as published (the paper: K = 6 % of T for DiT).
 For α in linspace(0, 1, --alphas) (upstream 0, 1/6, ..., 1: tags 0000, 0167, ..., 1000) the endpoints are the sets'
 own images (the samples for "noise", the reconstructions samples2 for latent sources, as upstream), interior points
 are SLERP(A[i], B[i], α) sampled with DDIM (decoded images for latent models). SLERP
@@ -21,15 +25,22 @@ are SLERP(A[i], B[i], α) sampled with DDIM (decoded images for latent models). 
 published numbers).
 
 Per (source, α):
-* FID, precision and recall of the N images against a reference set, from FID Inception-v3 pool3 features
-  (``jtaba.metrics.inception``, pytorch-fid protocol: images clipped to [-1, 1], bilinear resize to 299, no uint8
-  rounding). FID: Fréchet distance of the Gaussian fits (for N < 2048 computed exactly through an N x N SVD); precision
-  / recall: improved P/R with k = 3 (``jtaba.metrics.fid.precision_recall``, reference = real). Upstream ran
-  torch-fidelity on PNG exports (per-image min-max scaling) with VGG16 features for P/R; the numbers are therefore
-  comparable in trend, not digit for digit. Reference: by default the model's own samples from independent noise
+* FID, precision and recall of the N images against a reference set. --fid-protocol=pytorch-fid (default): FID
+  Inception-v3 pool3 features for all three (``jtaba.metrics.inception``, pytorch-fid protocol: images clipped to
+  [-1, 1], bilinear resize to 299, no uint8 rounding). --fid-protocol=torch-fidelity (the paper's, upstream
+  ``eval_fids.py``): every generated image stretched to [0, 1] by its own min / max and truncated to uint8 as its PNG
+  export (``jtaba.metrics.fid.upstream_export_uint8``), torch-fidelity's inception-v3-compat resize for FID and VGG16
+  fc2_relu features for precision / recall (``jtaba.metrics.vgg16``; upstream called torch-fidelity with input1 =
+  the reference, so its "precision" is the fraction of reference images inside the generated manifold and its
+  "recall" the converse; the columns here are upstream's). FID: Fréchet distance of the Gaussian fits (for N < 2048
+  computed exactly through an N x N SVD); precision / recall: improved P/R with k = 3
+  (``jtaba.metrics.fid.precision_recall``). With the default protocol the numbers are comparable to the paper's in
+  trend, not digit for digit. Reference: by default the model's own samples from independent noise
   (--reference-seed, --n-reference); the paper used the training data (CIFAR-10 train, the ImageNet and CelebA-HQ
-  reference folders): give it with --reference FILE.npy (NCHW images in [-1, 1]). Without the converted Inception
-  checkpoint these three are listed under "skipped" with the convert command, and the rest runs.
+  reference folders): --reference=train reads the model's training images through tensorflow-datasets (prepared
+  beforehand; one line says how when they are not), --reference=FOLDER a folder of images, --reference=FILE.npy NCHW
+  images in [-1, 1]. Without the converted Inception (and, for torch-fidelity, VGG16) checkpoint the metrics it
+  serves are listed under "skipped" with the convert command, and the rest runs.
 * statistics of the interpolated inputs (no weights): mean per-sample norm / sqrt(D) (1 on the Gaussian shell; SLERP
   between vectors of equal norm stays on their sphere, LERP would fall inside it), its sd, mean and sd of all
   elements and KL(N(0, 1) || N(mean, sd²)) (``jtaba.metrics.gaussian_kl``, one Gaussian over all elements as
@@ -58,11 +69,14 @@ from matplotlib.figure import Figure
 
 from jtaba import cli, io, plotting
 from jtaba.runs import StandardOptions
+from jtaba.runs.settings import FORWARD_LEVELS
 
 PR_K = 3  # precision / recall neighbourhood (torch-fidelity prc_neighborhood, Kynkäänniemi et al.)
 FEATURE_BATCH = 50  # images per Inception call (pytorch-fid's default batch size)
 BLOCK_ROWS = 1024  # samples interpolated / summarised at a time
 INCEPTION_METRICS = ("fid", "precision", "recall")
+FID_PROTOCOLS = ("pytorch-fid", "torch-fidelity")
+NETWORK_NAMES = {"inception": "FID Inception", "vgg16": "VGG16"}
 INPUT_METRICS = ("input_norm", "input_norm_std", "input_mean", "input_std", "input_kl")
 METRIC_TITLES = {"fid": "FID (lower is better)", "precision": "precision (k = 3)", "recall": "recall (k = 3)",
                  "input_norm": r"input norm $\|x\| / \sqrt{D}$ (mean over pairs)",
@@ -84,6 +98,9 @@ class Options(StandardOptions):
     reference_seed: int = 1
     n_reference: int | None = None
     pairs: int = 2
+    swap_steps: tuple = ()
+    forward_level: str = "exact"
+    fid_protocol: str = "pytorch-fid"
 
 
 def build_parser():
@@ -100,6 +117,17 @@ def build_parser():
                    help="K values (comma-separated): one source per K, latents whose first K inversion steps are "
                         "replaced by forward diffusion (upstream 'latents_ours': K = 2; Tab. 12: several K at "
                         "α = 0.5); 'none' for no such source")
+    p.add_argument("--forward-level", choices=FORWARD_LEVELS, default=Options.forward_level,
+                   help="noise level of the forward replacement: exact (the level the K-th inversion step reaches) "
+                        "or upstream (the diffusers level of the ICLR scripts, Tab. 12; as exact for ADM)")
+    p.add_argument("--swap-steps", default="none",
+                   help="K values (comma-separated): one source per K, latents whose first K inversion noise "
+                        "predictions are replaced by the ground truth of a recorded sampling run (the ε swap of "
+                        "Tab. 12 as published; the paper: K = 6 %% of T for DiT); 'none' for no such source")
+    p.add_argument("--fid-protocol", choices=FID_PROTOCOLS, default=Options.fid_protocol,
+                   help="pytorch-fid: images clipped to [-1, 1], Inception pool3 for FID and precision / recall; "
+                        "torch-fidelity: the paper's (per-image min-max uint8 export, inception-v3-compat resize "
+                        "for FID, VGG16 features for precision / recall)")
     p.add_argument("--forward-seed", type=int, default=Options.forward_seed,
                    help="seed of set A's forward-replacement noise (upstream 10)")
     p.add_argument("--forward-seed-b", type=int, default=Options.forward_seed_b,
@@ -107,9 +135,11 @@ def build_parser():
     p.add_argument("--upstream-slerp", action="store_true",
                    help="upstream's SLERP quirk: norms and angles along the last axis (image rows) instead of one "
                         "SLERP per flattened sample (parity with the published numbers)")
-    p.add_argument("--reference", metavar="FILE.npy", default=None,
-                   help="reference images for FID / precision / recall: (M, 3, H, W) in [-1, 1] (the paper: the "
-                        "training set, e.g. CIFAR-10 train; default: the model's own samples from --reference-seed)")
+    p.add_argument("--reference", metavar="train|FOLDER|FILE.npy", default=None,
+                   help="reference images for FID / precision / recall: 'train' (the model's training images "
+                        "through tensorflow-datasets, as the paper: CIFAR-10 train, ImageNet, CelebA-HQ), a folder "
+                        "of images, or (M, 3, H, W) in [-1, 1] as .npy (default: the model's own samples from "
+                        "--reference-seed)")
     p.add_argument("--reference-seed", type=int, default=Options.reference_seed,
                    help="seed of the model-sampled reference set (without --reference)")
     p.add_argument("--n-reference", type=int, default=None,
@@ -120,6 +150,9 @@ def build_parser():
 
 def options_from_args(args) -> Options:
     ks = cli.parse_step_counts(args.forward_before, "--forward-before", allow_none=True)
+    swap_ks = cli.parse_step_counts(args.swap_steps, "--swap-steps", allow_none=True)
+    if swap_ks and swap_ks[-1] >= args.steps:
+        raise ValueError(f"--swap-steps K={swap_ks[-1]} must be below --steps={args.steps}")
     if args.n <= PR_K:
         raise ValueError(f"--n must be above {PR_K} (precision / recall use the {PR_K}rd nearest neighbour)")
     if args.alphas < 2:
@@ -130,18 +163,21 @@ def options_from_args(args) -> Options:
         raise ValueError(f"--n-reference must be above {PR_K}, got {args.n_reference}")
     if args.pairs < 1:
         raise ValueError(f"--pairs must be positive, got {args.pairs}")
-    reference = os.path.abspath(args.reference) if args.reference else None
+    reference = args.reference if args.reference in (None, "train") else os.path.abspath(args.reference)
     return dataclasses.replace(cli.options_from_args(Options, args), forward_before=ks, reference=reference,
-                               upstream_slerp=bool(args.upstream_slerp))
+                               upstream_slerp=bool(args.upstream_slerp), swap_steps=swap_ks)
 
 
 def out_parts(opts: Options) -> tuple:
     """The analysis settings that differ from the defaults, for the default output folder name."""
     parts = cli.changed_parts(opts, [("seed_b", "seedb{}"), ("alphas", "a{}"), ("forward_seed", "fseed{}"),
                                      ("forward_seed_b", "fseedb{}"), ("upstream_slerp", "upslerp"),
-                                     ("n_reference", "nref{}")])
+                                     ("n_reference", "nref{}"), ("forward_level", "fwd-{}"),
+                                     ("fid_protocol", "{}")])
     if opts.forward_before != Options.forward_before:
         parts.append("K" + ("-".join(map(str, opts.forward_before)) or "none"))
+    if opts.swap_steps:
+        parts.append("swap" + "-".join(map(str, opts.swap_steps)))
     if opts.reference:
         parts.append("ref-" + os.path.splitext(os.path.basename(opts.reference))[0])
     elif opts.reference_seed != Options.reference_seed:
@@ -163,6 +199,9 @@ def source_label(name: str, short: bool = False) -> str:
         return "noise" if short else "noise $x_T$"
     if name == "latents":
         return "DDIM latents" if short else r"DDIM latents $\hat{x}_T$"
+    if name.startswith("latents_swap"):
+        k = name[len("latents_swap"):]
+        return f"latents, K={k}\nε swap" if short else f"latents, first {k} inversion ε ground truth"
     k = name[len("latents_forward"):]
     return f"latents, K={k}\nforward" if short else f"latents, first {k} inversion steps forward"
 
@@ -208,23 +247,54 @@ def image_pixel_std(images) -> float:
     return float(np.concatenate([b.reshape(len(b), -1).std(axis=1, ddof=1) for b in blocks]).mean())
 
 
-# ---- Inception metrics -------------------------------------------------------------------------------------------
-def inception_features(images, config, params) -> np.ndarray:
-    """(N, 2048) FID Inception pool3 features of (N, 3, H, W) images in [-1, 1] (clipped; pytorch-fid protocol)."""
-    from jtaba.metrics import inception
+# ---- FID / precision / recall ------------------------------------------------------------------------------------
+def protocol_networks(protocol: str) -> dict[str, tuple]:
+    """{network role: the metrics it serves} of an --fid-protocol."""
+    if protocol == "torch-fidelity":
+        return {"inception": ("fid",), "vgg16": ("precision", "recall")}
+    return {"inception": INCEPTION_METRICS}
+
+
+def scoring_features(images, nets: dict, protocol: str, *, uint8: bool = False, ldm: bool = False) -> dict:
+    """{"fid": (N, 2048), "pr": (N, D)} features (for the loaded networks) of (N, 3, H, W) images: model-range
+    [-1, 1] floats, or uint8 (``uint8``: reference images read from files) (module docstring: --fid-protocol)."""
+    from jtaba.metrics import inception, vgg16
+    from jtaba.metrics.fid import upstream_export_uint8
     from jtaba.metrics.networks import map_batches
 
-    return map_batches(lambda x: inception.features(config, params, as_images(x), input_range="signed"), images,
-                       batch=FEATURE_BATCH)
+    if protocol == "pytorch-fid":
+        def prepare(x):
+            return x if uint8 else as_images(x)
+        kw = {"input_range": "uint8" if uint8 else "signed"}
+    else:
+        def prepare(x):
+            return x if uint8 else upstream_export_uint8(x, ldm=ldm)
+        kw = {"input_range": "uint8", "protocol": "torch_fidelity"}
+    out = {}
+    if "inception" in nets:
+        config, params = nets["inception"]
+        out["fid"] = map_batches(lambda x: inception.features(config, params, prepare(x), **kw), images,
+                                 batch=FEATURE_BATCH)
+    if protocol == "pytorch-fid":
+        out["pr"] = out.get("fid")
+    elif "vgg16" in nets:
+        config, params = nets["vgg16"]
+        out["pr"] = map_batches(lambda x: vgg16.features(config, params, prepare(x)), images, batch=FEATURE_BATCH)
+    return out
 
 
-def inception_scores(reference_features, features) -> dict:
-    """{"fid", "precision", "recall", "f_score"} of generated features against the reference's."""
+def scores(reference: dict, generated: dict, protocol: str) -> dict:
+    """{"fid", "precision", "recall", "f_score"} of generated features against the reference's (None where a
+    network is missing). torch-fidelity: upstream's argument order (the reference as torch-fidelity's input1)."""
     from jtaba.metrics import fid_from_features, precision_recall
 
-    pr = precision_recall(reference_features, features, k=PR_K)
-    return {"fid": fid_from_features(reference_features, features, method="auto"), "precision": pr["precision"],
-            "recall": pr["recall"], "f_score": pr["f_score"]}
+    out = {"fid": fid_from_features(reference["fid"], generated["fid"], method="auto")
+           if generated.get("fid") is not None else None}
+    if generated.get("pr") is not None:
+        real, fake = ((generated["pr"], reference["pr"]) if protocol == "torch-fidelity"
+                      else (reference["pr"], generated["pr"]))
+        out.update(precision_recall(real, fake, k=PR_K))
+    return out
 
 
 def load_reference(path: str, n: int | None):
@@ -270,25 +340,42 @@ def unavailable(ws, opts: Options) -> str | None:
 def compute(ws, opts: Options) -> dict:
     """Sets A and B (sample, invert, reconstruct), forward-replaced inversions, the interior SLERP runs, then the
     metrics of every (source, α) against the reference."""
+    from jtaba.data.reference import reference_images
     from jtaba.metrics import networks
 
     class_cond = check_model(ws.model, opts)
-    absent = networks.missing(["inception"])
-    reference_file = load_reference(opts.reference, opts.n_reference) if opts.reference else None
-    skipped = {m: f"no FID Inception checkpoint; make it with: {absent['inception']}"
-               for m in INCEPTION_METRICS} if absent else {}
+    served = protocol_networks(opts.fid_protocol)
+    absent = networks.missing(served)
+    scoring = len(absent) < len(served)
+    read_images = opts.reference == "train" or (opts.reference is not None and os.path.isdir(opts.reference))
+    reference_file = load_reference(opts.reference, opts.n_reference) if opts.reference and not read_images else None
+    skipped = {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
+               for role, command in absent.items() for m in served[role]}
 
     run_a = ws.run(opts.run_settings())  # the standard run of these settings, shared with other analyses
+    reference_uint8 = None
+    if read_images and scoring:  # the model's training images (tfds) or a folder, at the model's image size
+        reference_uint8, reference_name = reference_images(
+            opts.reference, tag=ws.tag, size=run_a[image_name(run_a, "samples")].shape[-1], n=opts.n_reference,
+            train_extras=ws.model.extras.get("train"))
     labels = {"labels": run_a["conds"], "class_seed": None} if class_cond else {}  # B, interpolants: A's classes
     run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, **labels))  # B: noise of seed_b
     sets = {"a": (run_a, opts.seed, opts.forward_seed), "b": (run_b, opts.seed_b, opts.forward_seed_b)}
     forward = {k: {key: ws.run(opts.run_settings(seed=seed, samples=r["samples"], forward_before=k, forward_seed=fs,
-                                                 **labels))
+                                                 forward_level=opts.forward_level, **labels))
                    for key, (r, seed, fs) in sets.items()} for k in opts.forward_before}
+    swap, records = {}, {}
+    if opts.swap_steps:  # the ground truth: every sampling step of each set's noise, then the ε-swapped inversions
+        set_kw = {"a": {}, "b": {"seed": opts.seed_b, "noise": None, "samples": None, **labels}}
+        records = {key: ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False, **kw))
+                   for key, kw in set_kw.items()}
+        swap = {k: {key: ws.run(opts.run_settings(swap_from=records[key], swap_before=k, swap_type="eps", **kw))
+                    for key, kw in set_kw.items()} for k in opts.swap_steps}
     # (inputs field, endpoint image file, runs of A and B) per source
     sources = {"noise": ("noise", "samples", run_a, run_b),
                "latents": ("latents", "samples2", run_a, run_b),
-               **{f"latents_forward{k}": ("latents", "samples2", f["a"], f["b"]) for k, f in forward.items()}}
+               **{f"latents_forward{k}": ("latents", "samples2", f["a"], f["b"]) for k, f in forward.items()},
+               **{f"latents_swap{k}": ("latents", "samples2", r["a"], r["b"]) for k, r in swap.items()}}
     alphas = alpha_values(opts.alphas)
     rows = []
     for source, (field, endpoint, ra, rb) in sources.items():
@@ -305,31 +392,42 @@ def compute(ws, opts: Options) -> dict:
                          "image_pixel_std": image_pixel_std(run[name])})
 
     runs = {"a": run_a.path, "b": run_b.path, "forward": {str(k): {s: r.path for s, r in f.items()}
-                                                          for k, f in forward.items()}}
-    if opts.reference:
+                                                          for k, f in forward.items()},
+            **({"records": {s: r.path for s, r in records.items()},
+                "swap": {str(k): {s: r.path for s, r in f.items()} for k, f in swap.items()}} if swap else {})}
+    if reference_file is not None:
         reference = {"kind": "file", "path": opts.reference, "n": len(reference_file)}
+    elif read_images:
+        reference = {"kind": "images", "spec": opts.reference}
+        if reference_uint8 is not None:
+            reference.update(name=reference_name, n=len(reference_uint8))
     else:
         reference = {"kind": "model samples", "seed": opts.reference_seed, "n": opts.n_reference or opts.n}
-    if not absent:
+    if scoring:
         from jtaba.runs import open_run
 
-        reference_images = reference_file
-        if reference_file is None:  # sampled only when scored
+        nets = {role: networks.load(role) for role in served if role not in absent}
+        kw = {"ldm": ws.tag == "ldm"}  # upstream exported the CelebA-HQ LDM's images without the min-max stretch
+        if reference_uint8 is not None:
+            ref_features = scoring_features(reference_uint8, nets, opts.fid_protocol, uint8=True)
+        elif reference_file is not None:
+            ref_features = scoring_features(reference_file, nets, opts.fid_protocol, **kw)
+        else:  # sampled only when scored
             ref_run = ws.run(opts.run_settings(n=reference["n"], seed=opts.reference_seed, noise=None, samples=None,
                                                inversion=False, reconstruction=False))
             reference.update(run=ref_run.path, images=image_name(ref_run, "samples"))
             runs["reference"] = ref_run.path
-            reference_images = ref_run[reference["images"]]
-        config, params = networks.load("inception")
-        ref_features = inception_features(reference_images, config, params)
+            ref_features = scoring_features(ref_run[reference["images"]], nets, opts.fid_protocol, **kw)
         for row in rows:
-            row.update(inception_scores(ref_features, inception_features(open_run(row["run"])[row["images"]],
-                                                                          config, params)))
+            images = open_run(row["run"])[row["images"]]
+            row.update(scores(ref_features, scoring_features(images, nets, opts.fid_protocol, **kw),
+                              opts.fid_protocol))
     for row in rows:
         for m in (*INCEPTION_METRICS, "f_score"):
             row.setdefault(m, None)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "seed_b": opts.seed_b, "alphas": alphas, "forward_before": list(opts.forward_before),
+            "forward_level": opts.forward_level, "swap_steps": list(opts.swap_steps), "fid_protocol": opts.fid_protocol,
             "forward_seeds": {"a": opts.forward_seed, "b": opts.forward_seed_b},
             "slerp": "upstream_last_axis" if opts.upstream_slerp else "per_sample", "sources": list(sources),
             "class_conditional": class_cond, "reference": reference, "runs": runs, "rows": rows, "skipped": skipped,
@@ -337,21 +435,26 @@ def compute(ws, opts: Options) -> dict:
 
 
 def forward_k(source: str):
-    """Inversion steps replaced: None for "noise", 0 for "latents", K for "latents_forward<K>"."""
+    """Inversion steps replaced: None for "noise", 0 for "latents", K for "latents_forward<K>" / "latents_swap<K>"."""
     if source == "noise":
         return None
-    return int(source[len("latents_forward"):]) if source.startswith("latents_forward") else 0
+    for prefix in ("latents_forward", "latents_swap"):
+        if source.startswith(prefix):
+            return int(source[len(prefix):])
+    return 0
 
 
 def network_passes(ws, opts: Options) -> int:
-    """N x T network passes: A and B (3 each), 2 per set and K, one per interior α and source, the reference (when
-    sampled: with the Inception checkpoint and no --reference)."""
+    """N x T network passes: A and B (3 each), 2 per set and K (forward or swap), with swap sources one recorded
+    sampling per set, one per interior α and source, the reference (when sampled: scored and no --reference)."""
     from jtaba.metrics import networks
 
-    k = len(opts.forward_before)
-    sampled = not opts.reference and not networks.missing(["inception"])
+    k = len(opts.forward_before) + len(opts.swap_steps)
+    records = 2 if opts.swap_steps else 0
+    served = protocol_networks(opts.fid_protocol)
+    sampled = not opts.reference and len(networks.missing(served)) < len(served)
     reference = math.ceil((opts.n_reference or opts.n) / opts.n) if sampled else 0
-    return 6 + 4 * k + max(opts.alphas - 2, 0) * (2 + k) + reference
+    return 6 + 4 * k + records + max(opts.alphas - 2, 0) * (2 + k) + reference
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------------
@@ -427,7 +530,7 @@ def plot(result: dict, path: str) -> str:
     fig.legend(handles, labels, loc="lower right", ncol=len(labels), fontsize=8, frameon=False)
     what = "SLERP interpolation, noise vs latents (Fig. 5, Tab. 12)"
     if result["skipped"]:
-        what += "; FID / precision / recall skipped: no Inception checkpoint"
+        what += f"; {' / '.join(result['skipped'])} skipped: no checkpoint"
     else:
         what += f"; reference: {reference_text(result['reference'])}"
     fig.suptitle(plotting.run_title(what, result["model"], result["n"], result["steps"]), fontsize=10)
@@ -440,6 +543,8 @@ def plot(result: dict, path: str) -> str:
 def reference_text(ref: dict) -> str:
     if ref["kind"] == "file":
         return f"{os.path.basename(ref['path'])} ({ref['n']} images)"
+    if ref["kind"] == "images":
+        return f"{ref['name']} ({ref['n']} images)" if "name" in ref else f"{ref['spec']} (not read)"
     return f"{ref['n']} model samples (seed {ref['seed']})"
 
 
@@ -465,14 +570,18 @@ def markdown(result: dict) -> str:
     tab = [f"Tab. 12 (SLERP at α = {mid:.3g}):", "",
            "| inversion predictions replaced (K) | FID | Precision | Recall | input norm | input KL |",
            "|---|---|---|---|---|---|"]
-    order = ["latents", *(f"latents_forward{k}" for k in result["forward_before"]), "noise"]
+    order = ["latents", *(f"latents_swap{k}" for k in result.get("swap_steps", ())),
+             *(f"latents_forward{k}" for k in result["forward_before"]), "noise"]
     for s in order:
         r = by[s]
-        label = "ø (0)" if s == "latents" else "Noise" if s == "noise" else f"{r['k']} ({100 * r['k'] / T:.0f} %)"
+        how = "ε swap" if s.startswith("latents_swap") else f"forward ({result.get('forward_level', 'exact')})"
+        label = ("ø (0)" if s == "latents" else "Noise" if s == "noise"
+                 else f"{r['k']} ({100 * r['k'] / T:.0f} %), {how}")
         tab.append(f"| {label} | " + " | ".join(_fmt(r[c]) for c in ("fid", "precision", "recall", "input_norm",
                                                                        "input_kl")) + " |")
-    foot = [(f"{result['model']}, N = {result['n']} pairs, T = {T}, SLERP {result['slerp']}, reference: "
-             f"{reference_text(result['reference'])}" + ("; – : skipped (below)." if result["skipped"] else "."))]
+    foot = [(f"{result['model']}, N = {result['n']} pairs, T = {T}, SLERP {result['slerp']}, "
+             f"{result.get('fid_protocol', 'pytorch-fid')} protocol, reference: {reference_text(result['reference'])}"
+             + ("; – : skipped (below)." if result["skipped"] else "."))]
     reasons = {}
     for m, why in result["skipped"].items():
         reasons.setdefault(why, []).append(m)

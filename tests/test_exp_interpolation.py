@@ -246,3 +246,68 @@ def test_low_rank_fid_matches_the_eigenvalue_route():
     assert auto == pytest.approx(oracle_fid(ref, gen), rel=1e-6)
     ref, gen = rng.normal(size=(40, 4)), rng.normal(size=(30, 4))  # N >= D: the eigenvalue route itself
     assert fid_from_features(ref, gen, method="auto") == pytest.approx(fid_from_features(ref, gen), rel=1e-9)
+
+def oracle_export_uint8(images):
+    """upstream eval_fids.tensors_to_pil_single + ToPILImage, re-typed: per image x − min, / max, ⌊255·x⌋."""
+    x = np.asarray(images, np.float32)
+    x = x - x.min(axis=(1, 2, 3), keepdims=True)
+    x = x / x.max(axis=(1, 2, 3), keepdims=True)
+    return np.floor(x * np.float32(255)).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_torch_fidelity_protocol_eps_swap_source_and_folder_reference(tmp_path, monkeypatch):
+    """--fid-protocol=torch-fidelity with only the VGG16 checkpoint (FID skipped, naming the Inception converter),
+    a folder of PNGs as the reference, and the ε-swap source of Tab. 12 (--swap-steps): the swap runs invert the
+    recorded sampling runs' samples with the first K predictions swapped; precision / recall recomputed from VGG16
+    features of the upstream uint8 export, in upstream's torch-fidelity argument order."""
+    from PIL import Image
+
+    from jtaba.metrics import networks, vgg16
+
+    monkeypatch.setenv("JTABA_HOME", str(tmp_path / "home"))
+    vgg_dir = write_tiny_networks(tmp_path / "home" / "models", ("vgg16",))["vgg16"]
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    ref_uint8 = np.random.default_rng(4).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    for i, im in enumerate(ref_uint8):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
+    argv = ["--ckpt", ckpt, "--n", "4", "--steps", str(T), "--batch", str(BATCH), "--seed", str(SEED), "--seed-b",
+            str(SEED_B), "--alphas", "2", "--forward-before", "none", "--swap-steps", "1", "--fid-protocol",
+            "torch-fidelity", "--reference", str(folder), "--runs-dir", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "out")]
+    with open(os.path.join(ip.main(argv), "interpolation.json")) as f:
+        res = json.load(f)
+    assert res["sources"] == ["noise", "latents", "latents_swap1"] and res["fid_protocol"] == "torch-fidelity"
+    assert set(res["skipped"]) == {"fid"} and networks.convert_command("inception") in res["skipped"]["fid"]
+    assert res["reference"] == {"kind": "images", "spec": str(folder), "name": "reference", "n": 6}
+    for key in ("a", "b"):
+        swap_run, record = res["runs"]["swap"]["1"][key], res["runs"]["records"][key]
+        np.testing.assert_array_equal(load(swap_run, "samples"), load(record, "samples"))
+        np.testing.assert_array_equal(load(record, "noise"), load(res["runs"][key], "noise"))
+        with open(os.path.join(swap_run, "metrics.json")) as f:
+            swap = json.load(f)["_params"]["swap"]
+        assert swap["before"] == 1 and swap["type"] == "eps"
+    rows = [r for r in res["rows"] if r["source"] == "latents_swap1"]  # the endpoints: the swap runs' samples2
+    assert [(r["k"], r["run"], r["images"]) for r in rows] == [(1, res["runs"]["swap"]["1"][k], "samples2")
+                                                               for k in ("a", "b")]
+
+    config, params = vgg16.load(vgg_dir)
+    ref_features = np.asarray(vgg16.features(config, params, ref_uint8.transpose(0, 3, 1, 2)))
+    for row in (rows[1], res["rows"][0]):  # swap endpoint B, noise endpoint A
+        gen = np.asarray(vgg16.features(config, params, oracle_export_uint8(load(row["run"], row["images"]))))
+        precision, recall = oracle_precision_recall(gen, ref_features)  # upstream: input1 = the reference
+        assert (row["precision"], row["recall"]) == pytest.approx((precision, recall), abs=1e-9)
+        assert row["fid"] is None
+    md = ip.markdown(res)
+    assert "| 1 (33 %), ε swap |" in md and "torch-fidelity protocol" in md  # Tab. 12 at α = 0 here
+
+
+def test_train_reference_not_prepared_is_one_line(tmp_path):
+    from jtaba.data.reference import ReferenceUnavailable, reference_images
+
+    with pytest.raises(ReferenceUnavailable, match="cifar10 training images are not prepared.*prepare"):
+        reference_images("train", tag="adm32", size=32, data_dir=str(tmp_path))
+    with pytest.raises(ReferenceUnavailable, match="no known training set"):
+        reference_images("train", tag="model", size=8)

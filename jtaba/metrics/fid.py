@@ -19,6 +19,10 @@ generated one; results use torch-fidelity's keys.
   some real sample; recall = fraction of real samples within the radius of some fake sample; f_score = 2PR /
   max(1e-5, P + R). Euclidean distances computed blockwise in jax (jit; float32 unless x64 and float64 inputs), never
   the full N x M matrix at once.
+- ``upstream_export_uint8``: the uint8 images upstream's ``eval_fids.py`` wrote as PNGs for torch-fidelity: each
+  image stretched to [0, 1] by its own min and max, then torchvision ``ToPILImage`` (⌊255·x⌋); the CelebA-HQ LDM's
+  decoded images instead as ⌊clamp((x + 1)·127.5, 0, 255)⌋. float32 arithmetic (float16 for float16 inputs, as
+  DiT's half tensors).
 - ``kid``: torch-fidelity ``kid``: ``subsets`` random subsets (``np.random.RandomState(seed)``: ``subset_size``
   indices of set 1 then of set 2, without replacement, per subset), unbiased MMD² with the polynomial kernel
   (x·y·gamma + coef0)^degree, gamma = 1/D by default; mean and (population) std over subsets. float64 here
@@ -41,6 +45,18 @@ KEY_F_SCORE = "f_score"
 KEY_KID_MEAN = "kernel_inception_distance_mean"
 KEY_KID_STD = "kernel_inception_distance_std"
 FRECHET_METHODS = ("sqrtm", "eigvals")
+
+
+def upstream_export_uint8(images, *, ldm: bool = False) -> np.ndarray:
+    """(N, C, H, W) model-range images -> (N, C, H, W) uint8 as upstream exported them (module docstring)."""
+    x = np.asarray(images)
+    dtype = np.float16 if x.dtype == np.float16 else np.float32
+    x = x.astype(dtype)
+    if ldm:
+        return np.clip((x + dtype(1)) * dtype(127.5), 0, 255).astype(np.uint8)
+    x = x - x.min(axis=(1, 2, 3), keepdims=True)
+    x = x / x.max(axis=(1, 2, 3), keepdims=True)
+    return (x * dtype(255)).astype(np.uint8)
 
 
 def _features(f, name: str) -> np.ndarray:
