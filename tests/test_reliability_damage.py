@@ -125,3 +125,38 @@ def test_verification_is_cached(finished, tmp_path, monkeypatch):
     _flip(os.path.join(path, "noise.npy"))
     with pytest.raises(reader.RunDamaged, match="noise.npy is damaged"):
         runs.open_run(path)
+
+
+def _biggest_file(root):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def test_a_damaged_training_checkpoint_is_named_and_passed_over(tmp_path, monkeypatch, capsys):
+    from jtaba.train import export, loop
+    from jtaba.train.run_checkpoints import RunCheckpoints
+    from tests.test_reliability_interruption import fake_training
+    from tests.test_train_resume import TINY
+
+    fake_training(monkeypatch)
+    cfg = TINY.replace(steps=4, save="every:2", log_every=1)
+    run = str(tmp_path / "run")
+    loop.train(cfg, run, progress=False)
+    damaged = _biggest_file(os.path.join(run, "4"))
+    _flip(damaged)
+    with pytest.raises(ValueError, match=f"checkpoint 4 of .* is damaged: {damaged} changed since it was saved"):
+        export.ema_model(run, 4)
+    model_dir = str(tmp_path / "model")
+    with pytest.raises(SystemExit) as e:
+        export.main(["--run", run, "--out", model_dir])
+    assert str(e.value).startswith("error: checkpoint 4") and "\n" not in str(e.value)
+    assert not os.path.exists(model_dir)
+    os.makedirs(model_dir)
+    open(os.path.join(model_dir, "config.json"), "w").close()
+    with pytest.raises(SystemExit, match="is not empty .* --overwrite"):
+        export.main(["--run", run, "--out", model_dir, "--step", "2"])
+    # training falls back to the newest good checkpoint and trains the lost steps again
+    loop.train(cfg.replace(steps=5), run, progress=False)
+    err = capsys.readouterr().err
+    assert "checkpoint 4 in" in err and "damaged" in err and len(err.strip().splitlines()) == 1, err
+    assert RunCheckpoints(run).all_steps() == [0, 2, 4, 5] and os.path.isdir(os.path.join(run, "unreadable-4"))
