@@ -25,13 +25,12 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import variances as analysis
 from jtaba.runs import StandardOptions
 
-ROWS = ("noise", "latents")
+ROWS = analysis.ROWS
 COLOURS = {"noise": plotting.VERTEX_COLORS["noise"], "latents": plotting.VERTEX_COLORS["latent"]}
 LABELS = {"noise": r"noise $x_T$", "latents": r"latent $\hat{x}_T$"}
-HIST_BINS = 40
-BLOCK_ELEMENTS = 1 << 22  # float64 elements read at a time for the per-sample variances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,45 +46,15 @@ def build_parser():
     return p
 
 
-def per_sample_variances(x) -> np.ndarray:
-    """(N,) unbiased variance of each sample over its C*H*W elements, float64, read in row blocks."""
-    x = np.asarray(x)
-    flat = x.reshape(x.shape[0], -1)
-    per = max(1, BLOCK_ELEMENTS // max(1, flat.shape[1]))
-    return np.concatenate([np.asarray(flat[s:s + per], np.float64).var(axis=1, ddof=1)
-                           for s in range(0, flat.shape[0], per)])
-
-
-def variance_row(x) -> tuple[dict, np.ndarray]:
-    """({global, mean_per_sample, per_sample_sd, per_sample_min, per_sample_max}, per-sample variances)."""
-    from jtaba.metrics import latent_variance
-
-    v = per_sample_variances(x)
-    row = {"global": latent_variance(x), "mean_per_sample": latent_variance(x, per_sample=True),
-           "per_sample_sd": float(v.std(ddof=1)) if v.size > 1 else None,
-           "per_sample_min": float(v.min()), "per_sample_max": float(v.max())}
-    return row, v
-
-
 def compute(ws, opts: Options) -> dict:
-    """Sample and invert (or reuse the standard run), then the variances of noise and latents."""
-
+    """Sample and invert (or reuse the standard run), then the variances of noise and latents, with the run's
+    metrics.json variances as the parity check."""
     run = ws.run(opts.run_settings())
-    rows, per_sample = {}, {}
-    for k in ROWS:
-        rows[k], per_sample[k] = variance_row(run[k])
-    lo = min(v.min() for v in per_sample.values())
-    hi = max(v.max() for v in per_sample.values())
-    edges = np.linspace(lo, hi if hi > lo else lo + 1e-12, HIST_BINS + 1)
     metrics = run.metrics
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "run": run.path, "variance": rows,
-            "ratio_latents_to_noise": {k: rows["latents"][k] / rows["noise"][k] for k in ("global", "mean_per_sample")},
+            "run": run.path, **analysis.of_run(run).to_json(),
             "metrics_json": {f"{s}_variance": metrics[f"{s}_stats"]["std"] ** 2
-                             for s in ("latent", "noise") if f"{s}_stats" in metrics},
-            "per_sample_variance": {k: per_sample[k].tolist() for k in ROWS},
-            "histogram": {"bin_edges": edges.tolist(),
-                          **{k: np.histogram(per_sample[k], bins=edges)[0].tolist() for k in ROWS}}}
+                             for s in ("latent", "noise") if f"{s}_stats" in metrics}}
 
 
 def csv_rows(result: dict) -> list[dict]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import variances
+from jtaba.analyses import variances as analysis
 from tests.test_exp_triangles import BATCH, SHAPE, STEPS, save_tiny_checkpoint
 
 
@@ -18,12 +19,12 @@ def test_per_sample_variances_known_answer(monkeypatch):
     scales = np.array([0.5, 1.0, 2.0, 3.0, 0.0])
     pattern = np.where(np.arange(96) % 2 == 0, 1.0, -1.0).reshape(2, 3, 4, 4)
     x = (scales[:, None, None, None, None] * pattern).astype(np.float32)
-    monkeypatch.setattr(variances, "BLOCK_ELEMENTS", 200)  # several row blocks
-    np.testing.assert_allclose(variances.per_sample_variances(x), scales ** 2 * 96 / 95, rtol=1e-12)
-    row, v = variances.variance_row(x)
-    assert row["mean_per_sample"] == pytest.approx(v.mean(), rel=1e-12)
-    assert row["global"] == pytest.approx(np.var(x.astype(np.float64), ddof=1), rel=1e-12)
-    assert (row["per_sample_min"], row["per_sample_max"]) == (0.0, pytest.approx(9 * 96 / 95))
+    monkeypatch.setattr(analysis, "BLOCK_ELEMENTS", 200)  # several row blocks
+    np.testing.assert_allclose(analysis.per_sample_variances(x), scales ** 2 * 96 / 95, rtol=1e-12)
+    row, v = analysis.variance_row(x)
+    assert row.mean_per_sample == pytest.approx(v.mean(), rel=1e-12)
+    assert row.global_variance == pytest.approx(np.var(x.astype(np.float64), ddof=1), rel=1e-12)
+    assert (row.per_sample_min, row.per_sample_max) == (0.0, pytest.approx(9 * 96 / 95))
 
 
 @pytest.mark.slow
@@ -47,7 +48,7 @@ def test_variances_end_to_end(tmp_path):
         counts, _ = np.histogram(per, bins=np.asarray(res["histogram"]["bin_edges"]))
         assert res["histogram"][k] == counts.tolist() and sum(counts) == 32
     edges = res["histogram"]["bin_edges"]
-    assert len(edges) == variances.HIST_BINS + 1
+    assert len(edges) == analysis.HIST_BINS + 1
     assert edges[0] == pytest.approx(min(min(res["per_sample_variance"][k]) for k in variances.ROWS))
     with open(os.path.join(run, "metrics.json")) as f:  # parity: metrics.json std squared
         core = json.load(f)["metrics"]

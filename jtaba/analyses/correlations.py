@@ -133,7 +133,7 @@ def correlation_table(noise, latents, samples, *, null_sets: int = 5, null_seed:
     means / stds are pooled in float64)."""
     if null_sets < 0:
         raise ValueError(f"null_sets must be >= 0, got {null_sets}")
-    rows = {k: array_correlation(x, fp16) for k, x in zip(ROWS, (noise, latents, samples))}
+    rows = {k: array_correlation(x, fp16) for k, x in zip(ROWS, (noise, latents, samples), strict=True)}
     null = null_correlation(np.shape(noise), null_sets, null_seed, fp16) if null_sets > 0 else None
     z = {k: (rows[k].mean - null.mean) / null.mean_sd for k in ROWS} if null is not None and null.mean_sd else None
     return CorrelationTable(CORRELATION_PATCH, CORRELATION_TOP_K, fp16, null_sets, null_seed, rows, null, z)
