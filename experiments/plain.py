@@ -23,14 +23,15 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import plain as analysis
 from jtaba.runs import StandardOptions
 
-STAT_KEYS = ("mae_plain", "mae_non_plain", "std_plain", "std_non_plain")
+STAT_KEYS = analysis.STAT_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
 class Options(StandardOptions):
-    threshold: float = 0.025
+    threshold: float = analysis.THRESHOLD
     examples: int = 4
 
 
@@ -66,35 +67,14 @@ def example_indices(per_sample_fraction, k: int) -> list[int]:
     return [int(i) for i in order[ranks]]
 
 
-def plain_table(noise, samples, latents, threshold: float) -> dict:
-    """Everything plain.json holds about one set of (N, C, H, W) arrays: the Tab. 5 numbers for the latents, the
-    noise control (its std in both areas) and the share of plain positions, overall and per sample."""
-    from jtaba.metrics import find_plain_areas, masked_mean_std, plain_stats
-
-    mask = find_plain_areas(samples, threshold)
-    lat = plain_stats(noise, latents, mask)
-    per_sample = mask.reshape(len(mask), -1).mean(axis=1)
-    return {
-        "latent": {k: lat[k] for k in STAT_KEYS},
-        "noise": {"std_plain": masked_mean_std(noise, mask)[1], "std_non_plain": masked_mean_std(noise, ~mask)[1]},
-        "plain_fraction": lat["plain_fraction"],
-        "samples_with_plain": int((per_sample > 0).sum()),
-        "per_sample_plain_fraction": {"mean": float(per_sample.mean()), "median": float(np.median(per_sample)),
-                                      "min": float(per_sample.min()), "max": float(per_sample.max())},
-        "per_sample_fraction": per_sample,
-    }
-
-
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then masks and plain / non-plain statistics."""
-
     run = ws.run(opts.run_settings())
-    table = plain_table(run["noise"], run["samples"], run["latents"], opts.threshold)
-    per_sample = table.pop("per_sample_fraction")
-    examples = example_indices(per_sample, opts.examples)
+    table = analysis.of_run(run, opts.threshold)
+    examples = example_indices(table.per_sample_fraction, opts.examples)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "threshold": opts.threshold, "run": run.path, **table, "examples": examples,
-            "example_plain_fraction": [float(per_sample[i]) for i in examples]}
+            "threshold": opts.threshold, "run": run.path, **table.to_json(), "examples": examples,
+            "example_plain_fraction": [float(table.per_sample_fraction[i]) for i in examples]}
 
 
 def csv_rows(result: dict) -> list[dict]:
