@@ -36,12 +36,12 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import normality as analysis
 from jtaba.runs import StandardOptions
 
-ROWS = ("latents", "noise")  # the test's subject, then the control
+ROWS = analysis.ROWS
 COLOURS = {"noise": plotting.VERTEX_COLORS["noise"], "latents": plotting.VERTEX_COLORS["latent"]}
 LABELS = {"noise": r"noise $x_T$", "latents": r"latent $\hat{x}_T$"}
-P_BINS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,21 +86,12 @@ def options_from_args(args) -> Options:
 
 def compute(ws, opts: Options) -> dict:
     """Sample and invert (or reuse the standard run), then Shapiro-Wilk for latents and noise and the QQ data."""
-    from jtaba.metrics import normality_counts, qq_quantiles, shapiro_p_values
-
     run = ws.run(opts.run_settings())
-    p_values = {k: shapiro_p_values(run[k], opts.limit, opts.index_seed, opts.replace) for k in ROWS}
-    edges = np.linspace(0.0, 1.0, P_BINS + 1)
-    qq = qq_quantiles(run["noise"], run["latents"], seed=opts.index_seed)
-    numel = int(np.prod(run["latents"].shape[1:]))
+    table = analysis.of_run(run, limit=opts.limit, p_value=opts.p_value, index_seed=opts.index_seed,
+                            replace=opts.replace).to_json()
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "run": run.path, "limit": opts.limit, "tested_elements": min(numel, opts.limit), "p_value": opts.p_value,
-            "index_seed": opts.index_seed, "with_replacement": opts.replace,
-            "shapiro": {k: normality_counts(p_values[k], opts.p_value) for k in ROWS},
-            "p_values": {k: p_values[k].tolist() for k in ROWS},
-            "p_value_histogram": {"bin_edges": edges.tolist(),
-                                  **{k: np.histogram(p_values[k], bins=edges)[0].tolist() for k in ROWS}},
-            "qq": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in qq.items()},
+            "run": run.path, "limit": opts.limit, "tested_elements": table.pop("tested_elements"),
+            "p_value": opts.p_value, "index_seed": opts.index_seed, "with_replacement": opts.replace, **table,
             "shown": list(range(min(opts.show, opts.n)))}
 
 
