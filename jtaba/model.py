@@ -21,7 +21,8 @@ NULL_PROMPT_FILE = "null_prompt.npy"
 class Model:
     """``network`` is a flax.linen Module (NHWC); ``params`` its parameter tree; ``decoder`` maps diffusion-space
     latents to images for latent models (family "vae" / "vq"); ``null_prompt`` the unconditional prompt embedding
-    for text-conditioned models (CFG)."""
+    for text-conditioned models (CFG); ``name`` what ``jtaba.load`` was given, as a folder name (``"default"``,
+    ``"adm32"``, a checkpoint folder's name): runs of the model are stored under it."""
     family: str
     config: Any
     network: Any
@@ -30,6 +31,7 @@ class Model:
     decoder: Optional["Model"] = None
     extras: dict = dataclasses.field(default_factory=dict)
     null_prompt: Optional[np.ndarray] = None
+    name: str = "model"
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -89,7 +91,8 @@ def load(model: str, dtype: str = "float32", mesh: Optional[jax.sharding.Mesh] =
     float32 (checkpoints may store float16, e.g. IF). ``mesh``: restore
     the params sharded by the family's ``param_shardings(shapes, mesh)`` rule when it has one (models larger than
     one accelerator), else replicated over the mesh."""
-    directory = home.resolve(model).path
+    ref = home.resolve(model)
+    directory = ref.path
     cfg = checkpoint.read_config(directory)
     compute = precision.compute_dtype(dtype)
     config, network = build(cfg["family"], cfg["model"], compute)
@@ -106,7 +109,7 @@ def load(model: str, dtype: str = "float32", mesh: Optional[jax.sharding.Mesh] =
     null_path = os.path.join(directory, NULL_PROMPT_FILE)
     diffusion = DiffusionConfig.from_dict(cfg["diffusion"]) if cfg.get("diffusion") else None
     return Model(cfg["family"], config, network, params, diffusion, decoder, cfg.get("extras", {}),
-                 np.load(null_path) if os.path.exists(null_path) else None)
+                 np.load(null_path) if os.path.exists(null_path) else None, ref.tag)
 
 
 def replicate(model: Model, sharding: jax.sharding.Sharding) -> Model:

@@ -328,14 +328,15 @@ def _with_schedule(model: Model, s: RunSettings) -> Model:
 
 
 def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root: str = "runs",
-        tag: str = "model", reuse: bool = True, command: Optional[Sequence[str]] = None,
+        tag: Optional[str] = None, reuse: bool = True, command: Optional[Sequence[str]] = None,
         progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None, desc: str = "sample/invert") -> Run:
     """Compute (or resume, or reuse) the run of ``model`` with ``settings``; returns the finished ``Run``.
 
     ``out``: the run folder (a folder holding another run is refused). Without it, a finished run under ``root``
     that serves these settings (same model and input fingerprints and settings, possibly recording more) is
     reused when ``reuse`` (without it, a finished run in the folder is computed again, once per process); otherwise
-    the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>``, where
+    the run goes to ``root/tag/sample_invert/<settings>_<fingerprint>`` (``tag`` default: the model's name, e.g.
+    ``runs/adm32/...`` for ``jtaba.load("adm32")``), where
     an interrupted run of the same settings resumes. ``command`` (argv) is recorded in metrics.json; ``mesh``: a
     1-D data mesh (default: every device of every process); ``desc`` labels the progress bar."""
     settings.check()
@@ -351,7 +352,8 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
         if found is not None:  # a damaged metrics.json: rewritten below, under the run's lock
             out, ident = found.path, found.identity
         else:
-            out = os.path.join(root, tag, "sample_invert", folder_name(settings, n, settings_digest(ident)))
+            name = folder_name(settings, n, settings_digest(ident))
+            out = os.path.join(root, tag or model.name, "sample_invert", name)
     out = os.path.abspath(out)
     st, done = _open_store(out, ident, n, recompute=not reuse and out not in _COMPUTED)
     try:
@@ -379,11 +381,15 @@ class Workspace:
     """A model and where its runs live: what an analysis needs to get runs (computed, resumed or reused).
     ``label`` names the analysis in the progress bars ("triangles: run T=50")."""
     model: Model
-    tag: str = "model"
+    tag: str = ""  # the folder under ``root`` (default: the model's name)
     root: str = "runs"
     reuse: bool = True
     progress: bool = True
     label: str = "sample/invert"
+
+    def __post_init__(self):
+        if not self.tag:
+            object.__setattr__(self, "tag", self.model.name)
 
     def run(self, settings: RunSettings, what: str = "run") -> Run:
         """The run of ``settings``; ``what`` says which of the analysis's runs it is, for the progress bar."""
