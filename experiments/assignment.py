@@ -24,9 +24,13 @@ origin attract many noises, App. E.3).
 inverted with each T of --steps-list; the image <-> noise columns then belong to the T0 sampling run (the same in
 every row) and the image <-> latent columns to the T-step inversion.
 
-Writes assignment.json, assignment.csv (one row per T: the four accuracies, mean and sd in percent) and
-assignment.png (attractors and least variant samples of the first T; assignment_T<T>.png for every further T) into
---out.
+Wrong assignments (Fig. 12A): in the first chunk, the noises whose nearest sample is not their own (noise → image),
+with both mean squared distances; assignment_wrong.png shows up to --top of them for the first T (noise | its own
+image | the image it was assigned to).
+
+Writes assignment.json, assignment.csv (one row per T: the four accuracies, mean and sd in percent),
+assignment.png (attractors and least variant samples of the first T; assignment_T<T>.png for every further T) and
+assignment_wrong.png into --out.
 """
 from __future__ import annotations
 
@@ -128,6 +132,25 @@ def attractor_table(x, samples, top: int, ranks: dict) -> dict:
             "distinct_nearest": int((counts > 0).sum()), "items": len(counts)}
 
 
+def wrong_assignments(noise, samples, chunk: int, top: int) -> dict:
+    """Fig. 12A: the first ``top`` noises of the first chunk whose nearest sample (mean squared distance, within the
+    chunk as the accuracies) is not their own: noise index, assigned sample index, MSE to their own and to the
+    assigned sample, and how many of the chunk's noises are wrong."""
+    from jtaba.metrics import nearest_indices
+
+    x, y = np.asarray(samples[:chunk], np.float64), np.asarray(noise[:chunk], np.float64)
+    assigned = nearest_indices(x, y)[0]  # nearest sample for each noise
+    wrong = np.flatnonzero(assigned != np.arange(chunk))
+
+    def mse(i, j):
+        return float(np.mean(np.square(y[i] - x[j])))
+
+    shown = wrong[:top]
+    return {"noise_index": shown.tolist(), "assigned": assigned[shown].tolist(),
+            "mse_own": [mse(i, i) for i in shown], "mse_assigned": [mse(i, assigned[i]) for i in shown],
+            "wrong": int(len(wrong)), "chunk": chunk}
+
+
 def analyse(noise, samples, latents, divs: int, top: int) -> dict:
     """Accuracies, attractors (noise and latent) and least variant samples of one set of (N, C, H, W) arrays."""
     from jtaba.metrics import lowest_variance, sample_mean_squares, sample_variances
@@ -139,7 +162,8 @@ def analyse(noise, samples, latents, divs: int, top: int) -> dict:
             "attractors": {"noise": attractor_table(noise, samples, top, ranks),
                            "latent": attractor_table(latents, samples, top, ranks)},
             "lowest_variance": {"index": low_idx.tolist(), "variance": low_var.tolist()},
-            "median_variance": float(np.median(var))}
+            "median_variance": float(np.median(var)),
+            "wrong_noise_to_image": wrong_assignments(noise, samples, len(noise) // divs, top)}
 
 
 def compute(ws, opts: Options) -> dict:
@@ -260,6 +284,46 @@ def plot_attractors(result: dict, row: dict, path: str) -> str:
     return plotting.save(fig, path)
 
 
+def _display_noise(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) noise -> (H, W, 3) in [0, 1], its first three channels stretched by their own min / max."""
+    x = np.asarray(x, np.float64)
+    x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x[:3]
+    return np.moveaxis((x - x.min()) / max(x.max() - x.min(), 1e-12), 0, -1)
+
+
+def plot_wrong(result: dict, row: dict, path: str) -> str:
+    """Fig. 12A: per wrongly assigned noise (rows): the noise, its own sample and the sample it was assigned to,
+    with the mean squared distances from the noise."""
+    from jtaba.runs import open_run
+
+    run = open_run(row["noise_run"])
+    images = run["decoded_samples"] if "decoded_samples" in run else run["samples"]
+    wrong = row["wrong_noise_to_image"]
+    shown = max(len(wrong["noise_index"]), 1)
+    fig, axes = plotting.new_figure(shown, 3, size=(1.9, 2.0))
+    for r in range(shown):
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if not wrong["noise_index"]:
+            for ax in axes[r]:
+                ax.axis("off")
+            axes[r, 1].text(0.5, 0.5, "no wrong assignment\nin the first chunk", ha="center", va="center")
+            continue
+        i, j = wrong["noise_index"][r], wrong["assigned"][r]
+        axes[r, 0].imshow(_display_noise(run["noise"][i]), interpolation="nearest")
+        axes[r, 0].set_title(f"noise #{i}", fontsize=7)
+        axes[r, 1].imshow(_display(images[i:i + 1])[0], interpolation="nearest")
+        axes[r, 1].set_title(f"its image #{i}\nMSE {wrong['mse_own'][r]:.4f}", fontsize=7)
+        axes[r, 2].imshow(_display(images[j:j + 1])[0], interpolation="nearest")
+        axes[r, 2].set_title(f"assigned image #{j}\nMSE {wrong['mse_assigned'][r]:.4f}", fontsize=7)
+    head = plotting.run_title("wrong noise → image assignments (Fig. 12A)", result["model"], result["n"],
+                              row["steps"])
+    fig.suptitle(f"{head}\n{wrong['wrong']} of the {wrong['chunk']} noises of the first chunk: nearest image not "
+                 f"their own", fontsize=8)
+    return plotting.save(fig, path)
+
+
 def figure_names(result: dict) -> list[str]:
     """assignment.png for the first T, assignment_T<T>.png for every further T."""
     return ["assignment.png"] + [f"assignment_T{r['steps']}.png" for r in result["rows"][1:]]
@@ -271,6 +335,7 @@ def write_outputs(result: dict, out: str) -> dict:
     io.write_csv(os.path.join(out, "assignment.csv"), csv_rows(result))
     for row, name in zip(result["rows"], figure_names(result)):
         plot_attractors(result, row, os.path.join(out, name))
+    plot_wrong(result, result["rows"][0], os.path.join(out, "assignment_wrong.png"))
     return result
 
 

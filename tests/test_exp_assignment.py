@@ -120,6 +120,18 @@ def test_assignment_end_to_end(tmp_path):
         assert att["distinct_nearest"] == int((counts > 0).sum()) and att["items"] == n
     assert row["lowest_variance"]["index"] == order[:top].tolist()
     np.testing.assert_allclose(row["lowest_variance"]["variance"], variances[order[:top]], rtol=1e-12)
+    # Fig. 12A: the first chunk's noises whose nearest sample is not their own
+    c = n // divs
+    d = np.square(noise[:c, None].astype(np.float64) - samples[None, :c]).reshape(c, c, -1).mean(-1)  # [noise, sample]
+    assigned = d.argmin(axis=1)
+    wrong = np.flatnonzero(assigned != np.arange(c))
+    w = row["wrong_noise_to_image"]
+    assert w["wrong"] == len(wrong) > 0 and w["chunk"] == c
+    assert w["noise_index"] == wrong[:top].tolist() and w["assigned"] == assigned[wrong[:top]].tolist()
+    np.testing.assert_allclose(w["mse_own"], d[wrong[:top], wrong[:top]], rtol=1e-12)
+    np.testing.assert_allclose(w["mse_assigned"], d[wrong[:top], assigned[wrong[:top]]], rtol=1e-12)
+    png = matplotlib.image.imread(os.path.join(out, "assignment_wrong.png"))
+    assert png.shape[0] > 200 and png[..., :3].std() > 0.05
 
     with open(os.path.join(out, "assignment.csv")) as f:
         (line,) = list(csv.DictReader(f))
