@@ -164,7 +164,7 @@ def test_interpolation_end_to_end(tmp_path, monkeypatch):
             assert json.load(f)["_params"]["seed"] == seed
     check_inputs_and_statistics(bare, per_sample=True)
     check_csv(bare, out)
-    assert "| ø (0) |" in ip.markdown(bare) and "| 1 (33 %) |" in ip.markdown(bare)
+    assert "| ø (0) |" in ip.markdown(bare) and "| 1 (33 %), forward (exact) |" in ip.markdown(bare)
     kept = run_mtimes(runs)
     assert len(kept) == 2 + 2 + 3  # A, B, two forward, the interior α per source
 
