@@ -11,6 +11,7 @@ import pytest
 import tests.test_exp_training_dynamics as tdt
 from experiments import alignment as al
 from experiments import training_dynamics as td
+from jtaba.analyses.alignment import upstream_uint8
 from tests.perception import write_tiny_networks
 from tests.test_exp_triangles import BATCH, STEPS, tiny_params
 
@@ -20,7 +21,7 @@ FINAL = tdt.SAVED[-1]
 
 def test_upstream_uint8_truncates_like_to_pil_image():
     x = np.array([-1.0, 0.0, 0.5, 1.0], np.float32).reshape(1, 1, 2, 2)  # x̃ = 0, .5, .75, 1
-    np.testing.assert_array_equal(al.upstream_uint8(x).ravel(), [0, 127, 191, 255])
+    np.testing.assert_array_equal(upstream_uint8(x).ravel(), [0, 127, 191, 255])
 
 
 # ---- upstream (similarity_last_sample.py) re-typed ----
