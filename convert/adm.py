@@ -7,22 +7,30 @@ Run from the repository root: ``python convert/adm.py --model=adm32 --src cifar1
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
 from typing import Any, Mapping
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 
-from convert.common import staged_output
-from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv1d_as_dense, conv2d, dense,
-                            eval_shapes, fail, identity, load_state_dict, read_flags_file)
-from jtaba.cli import HelpFormatter
+from convert.common import (
+    ConversionError,
+    Rule,
+    add_common_args,
+    apply_rules,
+    conv1d_as_dense,
+    conv2d,
+    dense,
+    eval_shapes,
+    fail,
+    identity,
+    load_state_dict,
+    read_flags_file,
+    staged_output,
+    usage_name,
+)
 from jtaba.checkpoint import save_checkpoint
+from jtaba.cli import HelpFormatter
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models.adm import FLAG_DEFAULTS, PRESETS, SAMPLING_FLAGS, Config, Network, upstream_flags
 
@@ -94,7 +102,7 @@ def convert(state: Mapping[str, Any], flags: Mapping[str, Any], source_name: str
 def build_parser() -> argparse.ArgumentParser:
     releases = "\n".join(f"  {name:7s} {url}" for name, url in RELEASES.items())
     p = argparse.ArgumentParser(
-        prog="python convert/adm.py",
+        prog=usage_name("adm"),
         formatter_class=HelpFormatter,
         description="Convert a guided-diffusion (ADM) UNet checkpoint (torch state dict) to a jtaba checkpoint "
                     "(DIR/config.json + DIR/params).",

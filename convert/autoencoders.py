@@ -7,13 +7,8 @@ attention ``query/key/value/proj_attn``; they are accepted for ``to_q/to_k/to_v/
 """
 from __future__ import annotations
 
-import os
 import re
-import sys
 from typing import Any, Mapping
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp

@@ -25,12 +25,8 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
@@ -44,8 +40,10 @@ from convert.common import (
     eval_shapes,
     fail,
     load_state_dict,
+    require,
     staged_output,
     to_numpy,
+    usage_name,
 )
 from convert.dino import encoder_rules, fetch, layernorm, weights_file
 from jtaba import io
@@ -185,7 +183,7 @@ def write_prompt_embeds(out: str, name: str, prompts: Sequence[str], ids: np.nda
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/clip.py", formatter_class=HelpFormatter,
+        prog=usage_name("clip"), formatter_class=HelpFormatter,
         description="Convert a transformers CLIPModel (openai/clip-vit-base-patch32) into a jtaba checkpoint of "
                     "family clip (jtaba.metrics.clip); optionally compute text embeddings of prompts.",
         epilog="Examples:\n"
@@ -201,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    require("transformers")  # the config and the tokenizer are read through it
     prompts = None
     if args.prompts:
         if not os.path.isfile(args.prompts):

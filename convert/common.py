@@ -16,11 +16,12 @@ import os
 import shutil
 import sys
 import types
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
 from jtaba import io
+from jtaba.cli import program_name
 
 
 def import_torchvision():
@@ -89,10 +90,12 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"source checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):
+        require("safetensors")
         from safetensors import safe_open
 
         f = safe_open(path, framework="np")
         return {k: _LazySafetensor(f, k) for k in f.keys()}
+    require("torch")
     import torch
 
     try:
@@ -222,9 +225,73 @@ def read_flags_file(path: str) -> dict:
     return flags.get("flags", flags)
 
 
-def fail(msg: str) -> "NoReturn":  # noqa: F821
+def fail(msg: str) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def usage_name(converter: str) -> str:
+    """What ``usage:`` shows for ``convert/<converter>.py``: ``python convert/<converter>.py``, ``python -m
+    convert.<converter>`` or the console script ``jtaba-convert-<converter>``, as invoked."""
+    return program_name(f"python convert/{converter}.py", f"convert.{converter}")
+
+
+# ---- sources: the convert extra, local paths, the hub ------------------------------------------------------------
+CONVERT_EXTRA = ('pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu  (a CPU torch; '
+                 'skip it where a torch is installed), then  pip install -e ".[convert]"')
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def require(*modules: str) -> None:
+    """Exit naming the ``convert`` extra when any of ``modules`` (torch, safetensors, huggingface_hub, transformers,
+    sentencepiece: what the extra installs) cannot be imported."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        fail(f"{' and '.join(missing)} not installed: the converters need the convert extra:\n  {CONVERT_EXTRA}")
+
+
+def looks_local(src: str) -> bool:
+    """Whether ``src`` is meant as a path rather than a hub id ("org/name"): absolute, relative (``.``) or home
+    (``~``), nested deeper than org/name, a weights file name (.pt .pth .bin .safetensors .ckpt) or inside a folder
+    that exists here."""
+    parent = os.path.dirname(src)
+    return (src.startswith((".", "~", "/", os.sep)) or src.count("/") > 1 or src.lower().endswith(WEIGHT_SUFFIXES)
+            or bool(parent) and os.path.isdir(os.path.expanduser(parent)))
+
+
+def check_source(src: str, flag: str = "--src") -> None:
+    """Exit with "no such file" when a local-looking ``src`` (``looks_local``) does not exist, before it could be
+    taken for a hub id."""
+    if not os.path.exists(src) and looks_local(src):
+        fail(f"{flag} {src}: no such file or folder")
+
+
+def hub_download(repo_id: str, patterns: Sequence[str], src_note: str = "") -> str:
+    """``huggingface_hub.snapshot_download`` of the files of ``repo_id`` matching ``patterns``: the local snapshot
+    folder. Without the hub (offline, no network, an unknown repo): exit with the commands that fetch the same files
+    on a connected machine (``hub_message``)."""
+    require("huggingface_hub")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=list(patterns))
+    except Exception as e:  # offline mode (HF_HUB_OFFLINE=1), no network, unknown repo: all end here
+        fail(hub_message(repo_id, patterns, e, src_note))
+
+
+def hub_message(repo_id: str, patterns: Sequence[str], error: BaseException | None = None,
+                src_note: str = "") -> str:
+    """Why ``repo_id`` could not be fetched and how to fetch ``patterns`` (file names or globs) of it on a connected
+    machine: huggingface_hub's CLI (``hf download``) and the same in Python, into a folder to pass as --src."""
+    name = repo_id.split("/")[-1]
+    reason = "" if error is None else f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    globbed = any(c in p for p in patterns for c in "*?[")
+    files = " ".join(f"--include '{p}'" for p in patterns) if globbed else " ".join(patterns)
+    return (f"cannot fetch {repo_id!r} from the Hugging Face hub{reason}.\n"
+            f"On a connected machine run\n  hf download {repo_id} {files} --local-dir {name}\n"
+            f"or, in Python,\n  python -c \"import huggingface_hub; huggingface_hub.snapshot_download("
+            f"'{repo_id}', allow_patterns={list(patterns)!r}, local_dir='{name}')\"\n"
+            f"and pass --src {name}{src_note}.")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

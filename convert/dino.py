@@ -5,7 +5,7 @@ Run from the repository root, e.g.
 ``python convert/dino.py --src facebook/dino-vits16 --out ~/.cache/jtaba/models/dino_vits16``.
 
 ``--src``: a local folder with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin`` (what
-``huggingface-cli download`` or ``save_pretrained`` writes), or a hub id (fetched through huggingface_hub; offline,
+``hf download`` or ``save_pretrained`` writes), or a hub id (fetched through huggingface_hub; offline,
 a message names the files to download). The architecture is read from ``config.json`` (``ViTConfig``).
 
 Key accounting is strict: every tensor of the ``ViTModel`` is used once; the only keys deliberately dropped are
@@ -20,24 +20,24 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from convert.common import (
     ConversionError,
     Rule,
     add_common_args,
     apply_rules,
+    check_source,
     conv2d,
     dense,
     eval_shapes,
     fail,
+    hub_message,
     load_state_dict,
+    require,
     staged_output,
+    usage_name,
 )
 from jtaba import io
 from jtaba.checkpoint import save_checkpoint
@@ -101,13 +101,15 @@ def weights_file(folder: str) -> str:
 def fetch(src: str, extra: tuple[str, ...] = ()) -> str:
     """A local folder as it is, or a hub id: config.json, the weights (safetensors preferred) and ``extra`` files
     fetched through huggingface_hub; the local folder. Offline or unreachable: exit naming what to download."""
+    check_source(src)
     if os.path.isdir(src):
         return src
     if os.path.exists(src) or src.count("/") != 1:
         fail(f"--src {src}: expected a folder with config.json + weights, or a hub id such as {HUB_ID}")
-    try:
-        from huggingface_hub import hf_hub_download
+    require("huggingface_hub")
+    from huggingface_hub import hf_hub_download
 
+    try:
         folder = os.path.dirname(hf_hub_download(src, "config.json"))
         for i, name in enumerate(WEIGHT_FILES):
             try:
@@ -122,13 +124,9 @@ def fetch(src: str, extra: tuple[str, ...] = ()) -> str:
             except Exception:
                 pass  # optional files (tokenizer variants)
         return folder
-    except Exception as e:  # offline mode, no network, unknown repo, missing huggingface_hub
-        files = " ".join(("config.json", WEIGHT_FILES[0]) + extra)
-        reason = str(e).splitlines()[0] if str(e) else ""
-        fail(f"cannot fetch {src!r} from the Hugging Face hub ({type(e).__name__}: {reason})."
-             f"\nOn a connected machine run\n  huggingface-cli download {src} {files} --local-dir "
-             f"{src.split('/')[-1]}\n(pytorch_model.bin instead of {WEIGHT_FILES[0]} where the repository has no "
-             f"safetensors) and pass that folder as --src.")
+    except Exception as e:  # offline mode, no network, unknown repo
+        fail(hub_message(src, ("config.json", WEIGHT_FILES[0]) + extra, e,
+                         f" ({WEIGHT_FILES[1]} instead of {WEIGHT_FILES[0]} where the repository has no safetensors)"))
 
 
 # ---- ViT ------------------------------------------------------------------------------------------------------
@@ -203,7 +201,7 @@ def convert_folder(folder: str) -> tuple[dict, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/dino.py", formatter_class=HelpFormatter,
+        prog=usage_name("dino"), formatter_class=HelpFormatter,
         description="Convert a transformers ViTModel (DINO facebook/dino-vits16) into a jtaba checkpoint of family "
                     "dino (jtaba.metrics.dino).",
         epilog="Examples:\n"

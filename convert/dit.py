@@ -18,23 +18,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, Mapping
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from convert.autoencoders import convert_autoencoder_kl
-from convert.common import staged_output
-from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
-                            identity, load_state_dict, to_numpy)
-from jtaba.cli import HelpFormatter
+from convert.common import (
+    ConversionError,
+    Rule,
+    add_common_args,
+    apply_rules,
+    check_source,
+    conv2d,
+    dense,
+    eval_shapes,
+    fail,
+    hub_download,
+    identity,
+    load_state_dict,
+    staged_output,
+    to_numpy,
+    usage_name,
+)
 from jtaba import io
 from jtaba.checkpoint import save_checkpoint
+from jtaba.cli import HelpFormatter
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import dit
 
@@ -171,27 +181,14 @@ def facebook_input_size(state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> 
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
-def download(repo_id: str, patterns: list[str]) -> str:
-    """``huggingface_hub.snapshot_download`` of the given files; offline, a clear message naming what to fetch."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id, allow_patterns=patterns)
-    except Exception as e:  # offline mode, no network, unknown repo, missing huggingface_hub
-        fail(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}).\n"
-             f"On a connected machine run: huggingface-cli download {repo_id} "
-             + " ".join(f"--include '{p}'" for p in patterns)
-             + f" --local-dir {repo_id.split('/')[-1]}\nthen pass that folder instead of the hub id.")
-
-
 def fetch_pipeline(repo_id: str, with_vae: bool = True) -> str:
     """Download the DiT pipeline files (configs, transformer and, ``with_vae``, vae weights) of a hub
     repository."""
     parts = ("transformer", "vae") if with_vae else ("transformer",)
-    folder = download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.safetensors" for c in parts])
+    folder = hub_download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.safetensors" for c in parts])
     missing = [c for c in parts if not _has_weights(os.path.join(folder, c))]
     if missing:  # repositories with .bin weights only
-        folder = download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.bin" for c in missing])
+        folder = hub_download(repo_id, ["*.json"] + [f"{c}/diffusion_pytorch_model.bin" for c in missing])
     return folder
 
 
@@ -206,8 +203,10 @@ def resolve_vae(src: str) -> str:
     if os.path.exists(src):
         fail(f"--vae {src}: expected a diffusers AutoencoderKL folder (config.json + weights) or a hub id "
              f"({' / '.join(VAE_HUB_IDS)})")
-    folder = download(src, ["config.json", "diffusion_pytorch_model.safetensors"])
-    return folder if _has_weights(folder) else download(src, ["config.json", "diffusion_pytorch_model.bin"])
+    check_source(src, "--vae")
+    folder = hub_download(src, ["config.json", "diffusion_pytorch_model.safetensors"], " (or --vae FOLDER)")
+    return folder if _has_weights(folder) else hub_download(src, ["config.json", "diffusion_pytorch_model.bin"],
+                                                            " (or --vae FOLDER)")
 
 
 def check_vae_config(folder: str) -> None:
@@ -231,7 +230,7 @@ def convert_vae(folder: str) -> tuple[dict, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/dit.py",
+        prog=usage_name("dit"),
         formatter_class=HelpFormatter,
         description="Convert a DiT (class-conditional latent transformer) and its AutoencoderKL into a jtaba "
                     "checkpoint: DIR (family dit) + DIR/decoder (family vae).",
@@ -287,6 +286,7 @@ def resolve_source(args) -> dict:
     """Where each part comes from: {"pt" | "transformer": path, "vae": folder, hub id or None, "scheduler": config,
     "extras": {...}}; hub ids are downloaded (the VAE only when it will be converted)."""
     src = args.src
+    check_source(src)
     out = {"scheduler": DIT_HUB_SCHEDULER, "vae": args.vae, "extras": {"source": src}}
     if os.path.isfile(src):
         out["pt"] = src

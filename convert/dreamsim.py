@@ -36,12 +36,8 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
@@ -57,6 +53,7 @@ from convert.common import (
     source_shape,
     staged_output,
     to_numpy,
+    usage_name,
 )
 from convert.dino import encoder_rules, first, flat, layernorm
 from jtaba.checkpoint import save_checkpoint
@@ -260,7 +257,7 @@ def convert_folder(src: str) -> tuple[dict, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/dreamsim.py", formatter_class=HelpFormatter,
+        prog=usage_name("dreamsim"), formatter_class=HelpFormatter,
         description="Convert DreamSim's ensemble (DINO + CLIP + OpenCLIP ViT-B/16, LoRA merged) from dreamsim's "
                     "cache folder into a jtaba checkpoint of family dreamsim (jtaba.metrics.dreamsim). Offline: the "
                     "files to fetch are named in the error when some are absent.",

@@ -28,35 +28,41 @@ float16 params (float32 would need about 32 GB). Restore them as float32, or sha
 Prompt embeddings follow ``IFPipeline.encode_prompt`` with ``clean_caption=False`` (what upstream passes):
 ``prompt.lower().strip()``, T5Tokenizer padding/truncation to 77 tokens, ``T5EncoderModel(ids, attention_mask)``
 last hidden state. The encoder runs in ``--encoder-dtype`` (default float16 = upstream) on ``--device``; the
-embeddings are saved as float32. Needs ``transformers`` and ``sentencepiece`` (``pip install transformers
-sentencepiece``); torch is used only here.
+embeddings are saved as float32. Needs torch, ``transformers`` and ``sentencepiece`` (the ``convert`` extra:
+``pip install -e ".[convert]"``); torch is used only here.
 
 IF is gated on the hub: accept the license at https://huggingface.co/DeepFloyd/IF-I-XL-v1.0 and log in
-(``huggingface-cli login`` or ``HF_TOKEN``) before converting from the hub id.
+(``hf auth login`` or ``HF_TOKEN``) before converting from the hub id.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
-import sys
 from typing import Any, Callable, Mapping, Sequence
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convert.common import staged_output
-from convert.common import (ConversionError, Rule, add_common_args, apply_rules, eval_shapes, fail,
-                            load_state_dict)
+from convert.common import (
+    ConversionError,
+    Rule,
+    add_common_args,
+    apply_rules,
+    check_source,
+    eval_shapes,
+    fail,
+    hub_message,
+    load_state_dict,
+    require,
+    staged_output,
+    usage_name,
+)
 from convert.diffusers_keys import diffusers_rules
-from jtaba.cli import HelpFormatter
 from jtaba.checkpoint import save_checkpoint
+from jtaba.cli import HelpFormatter
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import if_unet
 
@@ -66,8 +72,10 @@ NULL_PROMPT = "null_prompt.npy"  # jtaba.model.NULL_PROMPT_FILE
 PARAM_DTYPES = ("float16", "float32")
 UNET_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.fp16.bin", "diffusion_pytorch_model.bin")
+HUB_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "scheduler/*", "text_encoder/*",
+             "tokenizer/*")  # what a local folder for --src needs (the offline message's download)
 GATED = (f"DeepFloyd IF is gated: accept its license at https://huggingface.co/{IF_HUB_ID} with your Hugging Face "
-         "account and log in here (`huggingface-cli login`, or set HF_TOKEN)")
+         "account and log in here (`hf auth login`, or set HF_TOKEN)")
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]  # prompts -> (N, 77, D) float32
 
@@ -165,9 +173,8 @@ def write_null_prompt(out_dir: str, encode: EncodeFn) -> str:
 
 
 def require_text_encoder_deps() -> None:
-    missing = [m for m in ("transformers", "sentencepiece") if importlib.util.find_spec(m) is None]
-    if missing:
-        fail(f"the T5 prompt embeddings need {' and '.join(missing)}: pip install transformers sentencepiece")
+    """The T5 prompt embeddings' modules (of the ``convert`` extra), checked before the long UNet conversion."""
+    require("torch", "transformers", "sentencepiece")
 
 
 def t5_encoder(src: str, device: str = "cpu", dtype: str = "float16", subfolder: bool = True) -> EncodeFn:
@@ -200,14 +207,12 @@ def t5_encoder(src: str, device: str = "cpu", dtype: str = "float16", subfolder:
 
 # ---- sources -----------------------------------------------------------------------------------------------------
 def _offline_message() -> str:
-    return (f"cannot reach the Hugging Face hub (offline, or no network). {GATED}; then, on a connected machine, "
-            f"run\n  huggingface-cli download {IF_HUB_ID} --include 'unet/config.json' "
-            "'unet/diffusion_pytorch_model.fp16.safetensors' 'scheduler/*' 'text_encoder/*' 'tokenizer/*' "
-            "--local-dir IF-I-XL-v1.0\nand pass --src IF-I-XL-v1.0 (a local folder).")
+    return f"{GATED}; then:\n" + hub_message(IF_HUB_ID, HUB_FILES, src_note=" (a local folder)")
 
 
 def _hub_call(fn, *args, **kwargs):
     """Call a hub-reading function; gated-repo and offline/network failures become one clear message."""
+    require("huggingface_hub")
     from huggingface_hub import errors as hub_errors
 
     try:
@@ -247,12 +252,6 @@ def fetch_weights(repo_id: str) -> str:
         except EntryNotFoundError:  # no fp16 variant: try the float32 file
             continue
     fail(f"{repo_id}: no unet/{' or unet/'.join(UNET_WEIGHTS[:2])}")
-
-
-def fetch_unet(repo_id: str) -> str:
-    """Download unet/config.json, the scheduler config and the fp16 unet weights (fp32 if absent); the folder."""
-    fetch_configs(repo_id)
-    return fetch_weights(repo_id)
 
 
 def unet_weights(folder: str) -> str:
@@ -314,7 +313,7 @@ def read_null_prompt(path: str, config: if_unet.Config) -> np.ndarray:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/if.py", formatter_class=HelpFormatter,
+        prog=usage_name("if"), formatter_class=HelpFormatter,
         description="Convert DeepFloyd IF stage I (UNet + schedule) into a jtaba checkpoint and compute T5 prompt "
                     "embeddings (the empty prompt, unless --null-prompt-embeds gives it or --no-text-encoder goes "
                     "without; --prompts optionally).",
@@ -349,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag values and combinations, before anything is read."""
+    check_source(args.src)
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.no_text_encoder and args.prompts:

@@ -15,17 +15,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, Mapping
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 
-from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv2d, dense, eval_shapes, fail,
-                            load_state_dict, source_shape, staged_output)
+from convert.common import (
+    ConversionError,
+    Rule,
+    add_common_args,
+    apply_rules,
+    conv2d,
+    dense,
+    eval_shapes,
+    fail,
+    load_state_dict,
+    source_shape,
+    staged_output,
+    usage_name,
+)
 from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter
 from jtaba.metrics import inception as I
@@ -87,7 +95,7 @@ def default_source() -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/inception.py", formatter_class=HelpFormatter,
+        prog=usage_name("inception"), formatter_class=HelpFormatter,
         description="Convert the FID Inception-v3 (pt_inception-2015-12-05) into a jtaba checkpoint of family "
                     "inception_fid (jtaba.metrics.inception).",
         epilog="Examples:\n"

@@ -12,20 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any, Mapping
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 
-from convert.common import staged_output
-from convert.common import ConversionError, add_common_args, apply_rules, eval_shapes, fail, load_state_dict
+from convert.common import (
+    ConversionError,
+    add_common_args,
+    apply_rules,
+    check_source,
+    eval_shapes,
+    fail,
+    hub_download,
+    load_state_dict,
+    staged_output,
+    usage_name,
+)
 from convert.diffusers_keys import diffusers_rules, rename_deprecated_attention
-from jtaba.cli import HelpFormatter
 from jtaba.checkpoint import save_checkpoint
+from jtaba.cli import HelpFormatter
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import unet2d, vq
 
@@ -67,19 +73,9 @@ def _read_json(path: str) -> dict:
 
 
 def fetch(repo_id: str) -> str:
-    """``snapshot_download`` of the pipeline's unet/, vqvae/ and scheduler/; offline or unreachable hub: a clear
-    message saying what to download and where to put it."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id, allow_patterns=PATTERNS)
-    except Exception as e:  # offline mode (HF_HUB_OFFLINE=1), no network, unknown repo, missing huggingface_hub
-        name = repo_id.split("/")[-1]
-        fail(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0]}).\n"
-             f"On a connected machine run (huggingface_hub's CLI; 'huggingface-cli download' before 0.34):\n"
-             f"  hf download {repo_id} "
-             + " ".join(f"--include '{p}'" for p in PATTERNS)
-             + f" --local-dir {name}\nand pass --src {name} (a folder with unet/ vqvae/ scheduler/).")
+    """``snapshot_download`` of the pipeline's unet/, vqvae/ and scheduler/; offline or unreachable hub: exit
+    saying what to download and where to put it."""
+    return hub_download(repo_id, PATTERNS, " (a folder with unet/ vqvae/ scheduler/)")
 
 
 def convert_unet_folder(folder: str) -> tuple[dict, dict]:
@@ -117,7 +113,7 @@ def check_configs(folder: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/ldm.py", formatter_class=HelpFormatter,
+        prog=usage_name("ldm"), formatter_class=HelpFormatter,
         description="Convert the LDM CelebA-HQ pipeline (UNet2DModel + VQModel + DDIM schedule) into jtaba "
                     "checkpoints: DIR (family unet2d) and DIR/decoder (family vq).",
         epilog=f"Examples:\n  python convert/ldm.py --src {HUB_ID} --out ckpt/ldm\n"
@@ -130,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    check_source(args.src)
     with staged_output(args):
         if os.path.exists(args.src) and not os.path.isdir(args.src):
             fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ vqvae/ scheduler/)")

@@ -18,20 +18,28 @@ Sources (every tensor accounted for: the trunk's ``classifier.*`` is the only th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
+from importlib import metadata
 from typing import Any, Mapping
-
-if __package__ in (None, ""):  # run as a script: make `jtaba` and `convert` importable from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convert.common import (ConversionError, Rule, add_common_args, apply_rules, conv1x1_as_dense, conv2d,
-                            eval_shapes, fail, load_state_dict, staged_output, to_numpy)
+from convert.common import (
+    ConversionError,
+    Rule,
+    add_common_args,
+    apply_rules,
+    conv1x1_as_dense,
+    conv2d,
+    eval_shapes,
+    fail,
+    load_state_dict,
+    staged_output,
+    to_numpy,
+    usage_name,
+)
 from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter
 from jtaba.metrics import lpips as L
@@ -153,18 +161,19 @@ def default_trunk(net: str) -> str | None:
 
 
 def default_lin(net: str) -> str | None:
-    """``weights/v0.1/{net}.pth`` inside the installed lpips package (found without importing it: importing lpips
-    imports torchvision)."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
+    """``weights/v0.1/{net}.pth`` of the installed lpips package, found through its distribution's metadata: neither
+    imported (importing lpips imports torchvision) nor looked up as a module, which ``python convert/lpips.py`` would
+    resolve to this very file."""
+    try:
+        path = str(metadata.distribution("lpips").locate_file(f"lpips/weights/v0.1/{net}.pth"))
+    except metadata.PackageNotFoundError:
         return None
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "weights", "v0.1", f"{net}.pth")
     return path if os.path.exists(path) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python convert/lpips.py", formatter_class=HelpFormatter,
+        prog=usage_name("lpips"), formatter_class=HelpFormatter,
         description="Convert LPIPS v0.1 (torchvision AlexNet / VGG16 trunk + lpips lin heads) into a jtaba "
                     "checkpoint of family lpips (jtaba.metrics.lpips).",
         epilog="Examples:\n"

@@ -234,4 +234,5 @@ def test_cli_script_offline_hub_id(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "convert/dit.py", "--src", "facebook/DiT-XL-2-256", "--out",
                         str(tmp_path / "c")], cwd=REPO, env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and "huggingface-cli download facebook/DiT-XL-2-256" in r.stderr, r.stderr
+    assert r.returncode == 2 and "hf download facebook/DiT-XL-2-256 --include" in r.stderr, r.stderr
+    assert "huggingface_hub.snapshot_download('facebook/DiT-XL-2-256', allow_patterns=" in r.stderr, r.stderr

@@ -140,7 +140,8 @@ def test_offline_hub_message(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit):
         convert_if.main(["--src", "DeepFloyd/IF-I-XL-v1.0", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert "cannot reach the Hugging Face hub" in err and "accept its license" in err and "HF_TOKEN" in err
+    assert "cannot fetch 'DeepFloyd/IF-I-XL-v1.0' from the Hugging Face hub" in err, err
+    assert "accept its license" in err and "HF_TOKEN" in err and "hf download DeepFloyd/IF-I-XL-v1.0 --include" in err
 
 
 @pytest.fixture(scope="module")

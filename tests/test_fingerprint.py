@@ -43,8 +43,8 @@ def latent_model(seed=0):
                                                       "bias": jnp.zeros((4,))}}, None)
     params = {"blocks": [{"w": jnp.asarray(rng.standard_normal((5, 2)), jnp.float32)} for _ in range(3)],
               "embed": jnp.arange(6, dtype=jnp.int32).reshape(2, 3).T}
-    return Model("dit", {"depth": 3}, None, params, DiffusionConfig(kind="diffusers", beta_schedule="linear"), decoder=decoder,
-                 null_prompt=np.ones((2, 3), np.float32))
+    diffusion = DiffusionConfig(kind="diffusers", beta_schedule="linear")
+    return Model("dit", {"depth": 3}, None, params, diffusion, decoder=decoder, null_prompt=np.ones((2, 3), np.float32))
 
 
 def test_values_unchanged_and_each_tree_hashed_once(monkeypatch):

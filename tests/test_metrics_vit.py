@@ -302,7 +302,7 @@ def test_offline_messages_name_the_downloads(tmp_path, capsys):
         with pytest.raises(SystemExit):
             mod.main(["--out", str(tmp_path / "out")])
         err = capsys.readouterr().err
-        assert f"huggingface-cli download {hub} config.json model.safetensors" in err, err
+        assert f"hf download {hub} config.json model.safetensors" in err, err
         assert not (tmp_path / "out").exists()
 
 
