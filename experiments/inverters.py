@@ -10,7 +10,7 @@ image reconstruction error (mean / max |x̂_0 − x_0|), noise recovery (mean |n
 and noise), latent Gaussianity (KL to N(0, 1), the paper's KL(noise || latent), Shapiro-Wilk rejections at p 0.05),
 the Tab. 2 pixel correlation of the latents, the Tab. 5 plain / non-plain |noise − latent|, network evaluations and
 wall time per image. Writes inverters.json, inverters.csv (one row per method), inverters.png (the numbers as bars)
-and inverters_latents.png (the images, their noise and every method's latents side by side) into --out.
+and inverters_latents.png (the first images, their noise and every method's latents side by side) into --out.
 """
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def _show(x: np.ndarray, scale: float) -> np.ndarray:
 
 
 def plot_latents(result: dict, path: str) -> str:
-    """inverters_latents.png: rows image, noise and each method's latent; columns the first images."""
+    """inverters_latents.png: columns the image, its noise and each method's latent; rows the first images."""
     runs = result["runs"]
     if not runs:
         fig, axes = plotting.new_figure(1, 1)
@@ -169,16 +169,15 @@ def plot_latents(result: dict, path: str) -> str:
     k = min(PREVIEW, len(samples))
     panels = [("image", samples, 1.0), ("noise", noise, 2.5)]
     panels += [(label, np.load(os.path.join(p, "latents.npy"), mmap_mode="r"), 2.5) for label, p in runs.items()]
-    fig, axes = plotting.new_figure(len(panels), k, size=(1.6, 1.6))
-    for row, (label, arrays, scale) in enumerate(panels):
-        for col in range(k):
+    fig, axes = plotting.new_figure(k, len(panels), size=(1.5, 1.5))
+    for col, (label, arrays, scale) in enumerate(panels):
+        for row in range(k):
             ax = axes[row, col]
-            ax.imshow(_show(np.asarray(arrays[col], np.float64), scale), interpolation="nearest")
+            ax.imshow(_show(np.asarray(arrays[row], np.float64), scale), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(label, fontsize=7)
-    axes[0, 0].set_title("latents in [-2.5, 2.5]", fontsize=7, loc="left")
+        axes[0, col].set_title(label.replace(" (", "\n("), fontsize=7)
+    axes[0, 0].set_ylabel("values in [-1, 1];\nnoise, latents\nin [-2.5, 2.5]", fontsize=6)
     return plotting.save(fig, path)
 
 
