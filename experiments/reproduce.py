@@ -44,6 +44,7 @@ from experiments import (
     correlations,
     diversity,
     interpolation,
+    inverters,
     normality,
     plain,
     steps,
@@ -61,7 +62,8 @@ from jtaba.runs.settings import INPUT_FIELDS
 # In dependency order: the standard run first (triangles makes it), then the analyses that reuse it, then those
 # with runs of their own; the training analyses (App. G) last, on the --train-run folders instead of the model.
 ANALYSES = tuple(m.ANALYSIS for m in (triangles, correlations, variances, normality, plain, assignment, steps, swap,
-                                      approximation_error, trajectories, interpolation, diversity))
+                                      approximation_error, trajectories, interpolation, diversity,
+                                      inverters))  # beyond the paper: inversion methods with its metrics
 TRAINING_ANALYSES = (training_dynamics.ANALYSIS, alignment.ANALYSIS)
 BY_NAME = {a.name: a for a in ANALYSES + TRAINING_ANALYSES}
 NAMES = tuple(BY_NAME)
