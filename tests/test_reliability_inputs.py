@@ -112,3 +112,10 @@ def test_correlations_need_two_samples():
     for f in (top_k_corr_in_patches, top_k_corr):
         with pytest.raises(ValueError, match=r"need N >= 2 samples, got N = 1"):
             f(x)
+
+
+def test_a_tfds_dataset_not_prepared_is_one_line(tmp_path, monkeypatch):
+    fake_training(monkeypatch)
+    with pytest.raises(ValueError, match=r"--dataset=cifar10 is not prepared as array_record under .*prepare\("):
+        loop.train(TINY.replace(dataset="cifar10"), str(tmp_path / "run"), data_dir=str(tmp_path / "tfds"),
+                   progress=False)

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jtaba import io, precision
+from jtaba.checkpoint import quiet_orbax
 from jtaba.data import BatchIterator, open_dataset
 from jtaba.sharding import batch_sharding, data_mesh, replicated
 from jtaba.train.presets import TrainConfig
@@ -114,6 +115,18 @@ def _check_losses(pending: list[tuple[int, dict]], last_saved: int | None) -> No
                              f"checkpoint: {kept}); lower --lr or check the data")
 
 
+def _dataset(name: str, size: int, data_dir: str | None):
+    """``open_dataset``; a tfds dataset that is not prepared (tfds raises many kinds) is one ValueError."""
+    try:
+        with quiet_orbax():  # tfds logs through absl too
+            return open_dataset(name, size, data_dir)
+    except Exception as e:  # its causes mislead ("TFRECORD is not supported" for a dataset that is not there)
+        where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+        raise ValueError(f"--dataset={name} is not prepared as array_record under {where} ({type(e).__name__}); "
+                         f"prepare it once with network access: python -c \"from jtaba.data.tfds_source import "
+                         f"prepare; prepare('{name}')\" (or give --data-dir)") from None
+
+
 def _train(cfg: TrainConfig, out_dir: str, data_dir, on_step, progress) -> TrainState:
     cfg.check()
     mesh = data_mesh()
@@ -129,7 +142,7 @@ def _train(cfg: TrainConfig, out_dir: str, data_dir, on_step, progress) -> Train
         else:
             _, state, data_state = restored
         size = network_for(cfg).config.image_size
-        data = BatchIterator(open_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
+        data = BatchIterator(_dataset(cfg.dataset, size, data_dir), cfg.batch_size, cfg.seed, data_state)
         train_step = make_train_step(cfg, mesh)
         if int(state.step) == 0 and should_save(0):
             ckpts.save(state, data.state())
