@@ -16,16 +16,21 @@ devices, resumable, reused when a finished run has the same model and settings);
 <runs-dir>/<training run>/step<step>/sample_invert/.
 
 Written into --out: training_dynamics.json (settings and all rows), training_dynamics_g2.csv,
-training_dynamics_g1.csv, g2.png (assignment accuracy, angles, distances vs step) and g1.png (angle at the noise
-vertex, noise-latent distance and error vs step). Re-running resumes: checkpoints whose rows exist are skipped, and
-an interrupted checkpoint continues its sampling where it stopped. Several invocations with different --select /
---parts may share one --out; other --n / --steps / --seed / --final are refused.
+training_dynamics_g1.csv, g2.png (assignment accuracy, angles, distances vs step), g1.png (angle at the noise
+vertex, noise-latent distance and error vs step) and generations.png (Fig. 16 right, Figs. 17-19: the first
+--grid-noises noises as each checkpoint samples them, rows = up to 10 checkpoints evenly spread over the analysed
+ones; the images are kept in generations/ when --discard-runs deletes the runs). Re-running resumes: checkpoints
+whose rows exist are skipped, and an interrupted checkpoint continues its sampling where it stopped. Several
+invocations with different --select / --parts may share one --out; other --n / --steps / --seed / --final are
+refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
+
+import numpy as np
 
 from jtaba import cli, io, plotting
 from jtaba.precision import PRECISIONS
@@ -34,6 +39,8 @@ from jtaba.train.export import run_name
 
 PARTS = ("g2", "g1")
 ROWS_DIR = "rows"
+GENERATIONS_DIR = "generations"
+GRID_ROWS = 10  # checkpoints shown in generations.png
 SETTINGS = "settings.json"
 ANGLE_KEYS = {"angle_image": "mean_cossim_img", "angle_noise": "mean_cossim_noise",
               "angle_latent": "mean_cossim_latent"}
@@ -54,6 +61,7 @@ class Options(StandardOptions):
     parts: tuple = PARTS
     runs_dir: str = "runs"
     discard_runs: bool = False
+    grid_noises: int = 8
 
 
 def build_parser():
@@ -91,6 +99,8 @@ def build_parser():
     p.add_argument("--discard-runs", action="store_true",
                    help="delete each checkpoint's run files once its rows are written (the final model's G.2 run "
                         "is kept: G.1 needs its samples)")
+    p.add_argument("--grid-noises", type=int, default=d.grid_noises,
+                   help="noises whose samples each checkpoint keeps for generations.png (Figs. 17-19), at most N")
     return p
 
 
@@ -99,6 +109,8 @@ def options_from_args(args) -> Options:
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     if not parts or any(p not in PARTS for p in parts):
         raise ValueError(f"--parts must list some of {', '.join(PARTS)}, got {args.parts!r}")
+    if not 1 <= args.grid_noises <= args.n:
+        raise ValueError(f"--grid-noises must be in [1, --n], got {args.grid_noises}")
     return dataclasses.replace(cli.options_from_args(Options, args), parts=parts)
 
 
@@ -156,9 +168,18 @@ def checkpoint_run(opts: Options, out: str, final: int, part: str, step: int):
     return ws.run(settings)
 
 
+def generations_path(out: str, step: int) -> str:
+    return os.path.join(out, GENERATIONS_DIR, f"{step:09d}.npy")
+
+
 def compute_row(opts: Options, out: str, final: int, part: str, step: int) -> None:
-    """Compute the ``part`` row of checkpoint ``step`` and store it in ``out``."""
+    """Compute the ``part`` row of checkpoint ``step`` and store it in ``out`` (G.2: with the samples of the first
+    ``grid_noises`` noises, for the generation grid)."""
     r = checkpoint_run(opts, out, final, part, step)
+    if part == "g2":
+        os.makedirs(os.path.join(out, GENERATIONS_DIR), exist_ok=True)
+        with io.atomic_path(generations_path(out, step)) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(r["samples"][:opts.grid_noises], np.float32))
     samples2 = r["samples2"] if part == "g2" else None
     row = {"step": step, **checkpoint_stats(r["noise"], r["samples"], r["latents"], samples2), "run": r.path}
     io.write_json(row_path(out, part, step), row)
@@ -267,6 +288,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_generations(result: dict, out: str, path: str, head: str) -> str | None:
+    """generations.png (Fig. 16 right, Figs. 17-19): rows = up to ``GRID_ROWS`` G.2 checkpoints with stored images,
+    evenly spread (first and last kept), columns = the first noises; None when no checkpoint has them."""
+    steps = [r["step"] for r in result["g2"] if os.path.exists(generations_path(out, r["step"]))]
+    if not steps:
+        return None
+    rows = [(f"step {s}", np.load(generations_path(out, s)))
+            for s in plotting.evenly_spaced(steps, GRID_ROWS)]
+    return plotting.generation_grid(rows, path, f"the same noises sampled by each checkpoint (EMA; Fig. 16 right, "
+                                                f"Figs. 17-19)\n{head}")
+
+
 def write_outputs(result: dict, out: str, figures: bool = True) -> None:
     """training_dynamics.json (the result), the CSV tables (without run paths) and (``figures``) the PNG figures."""
     io.write_json(os.path.join(out, "training_dynamics.json"), result)
@@ -278,6 +311,8 @@ def write_outputs(result: dict, out: str, figures: bool = True) -> None:
                          [{k: v for k, v in r.items() if k != "run"} for r in result[part]])
             if figures:
                 plot(result[part], os.path.join(out, f"{part}.png"), head)
+    if figures:
+        plot_generations(result, out, os.path.join(out, "generations.png"), head)
 
 
 ANALYSIS = cli.Analysis(

@@ -107,3 +107,32 @@ def series_panel(ax, steps: Sequence[int], series: Mapping[str, Sequence[float]]
         ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+
+
+def evenly_spaced(items: Sequence, count: int) -> list:
+    """At most ``count`` items, evenly spaced, the first and the last always kept."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, count)).astype(int))]
+
+
+def generation_grid(rows: Sequence[tuple[str, np.ndarray]], path: str, title: str, cell: float = 1.1) -> str:
+    """Images of the same inputs from several models (Fig. 16 right, Figs. 17-19): one row per (label, (k, C, H, W)
+    images in [-1, 1]), columns = the inputs ("noise 0", ...); shown as [-1, 1] -> [0, 1] (clipped, not stretched)."""
+    cols = max(len(images) for _, images in rows)
+    fig, axes = new_figure(len(rows), cols, size=(cell, cell))
+    for r, (label, images) in enumerate(rows):
+        x = np.asarray(images, np.float64)
+        x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x[:, :3]
+        x = np.clip((np.moveaxis(x, 1, -1) + 1.0) / 2.0, 0.0, 1.0)
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(x):
+                ax.imshow(x[c], interpolation="nearest")
+            if r == 0:
+                ax.set_title(f"noise {c}", fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    return save(fig, path)

@@ -130,6 +130,11 @@ def test_training_dynamics_end_to_end(tmp_path):
         assert float(rows[0]["acc_img_to_noise"]) == res[part][0]["acc_img_to_noise"]
         png = matplotlib.image.imread(os.path.join(out, f"{part}.png"))
         assert png.shape[1] > 800 and png[..., :3].std() > 0.05
+    # Figs. 17-19: each checkpoint's samples of the first noises, kept beside the rows
+    for step, path in runs["g2"].items():
+        np.testing.assert_array_equal(np.load(td.generations_path(out, step)), load_run(path)["samples"][:8])
+    png = matplotlib.image.imread(os.path.join(out, "generations.png"))
+    assert png.shape[0] > 200 and png.shape[1] > 800 and png[..., :3].std() > 0.05
 
     # resume: only the missing row is recomputed, from the finished run files, with identical values
     row_path = os.path.join(out, td.ROWS_DIR, "g1", f"{0:09d}.json")
