@@ -58,13 +58,12 @@ import jax
 import jax.numpy as jnp
 
 import jtaba
-from jtaba import compilation_cache, engine
-from jtaba.diffusion import DiffusionConfig
-from jtaba import home, precision as precision_lib
+from jtaba import compilation_cache, engine, home
+from jtaba import precision as precision_lib
 from jtaba.cli import HelpFormatter, entry_point, program_name
+from jtaba.diffusion import DiffusionConfig
 from jtaba.model import Model, build
 from jtaba.precision import PRECISIONS
-
 
 # The custom call of cuDNN's fused (flash) attention in a compiled GPU HLO.
 CUDNN_ATTENTION = "__cudnn$fmha"
