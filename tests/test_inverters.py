@@ -320,3 +320,47 @@ def test_run_identity_names_method_only_when_not_ddim():
     assert edict == identity(RunSettings(n=4, steps=3, method="edict", method_options=(("mix", 0.93),)), 4, "m")
     with pytest.raises(ValueError, match="DDIM's"):
         RunSettings(steps=3, method="bdia", forward_before=1).check()
+
+
+class _FakeRun:
+    """The arrays and metrics.json of a finished run, in memory."""
+
+    def __init__(self, arrays, nfe):
+        self.arrays, self.metrics, self.n = arrays, {"nfe_per_image": nfe}, len(arrays["noise"])
+
+    def __getitem__(self, name):
+        return self.arrays[name]
+
+    def __contains__(self, name):
+        return name in self.arrays
+
+
+def test_comparison_rows_and_tables():
+    """``jtaba.analyses.inverters`` on arrays with known answers, and the command's table writers."""
+    from experiments import inverters as command
+    from jtaba.analyses import inverters as analysis
+
+    assert analysis.parse_method("fixed-point:iterations=8:anderson=3") == ("fixed-point", (("anderson", 3),
+                                                                                           ("iterations", 8)))
+    assert analysis.parse_method("edict:mix=0.9") == ("edict", (("mix", 0.9),))
+    with pytest.raises(ValueError, match="not one of edict's options"):
+        analysis.parse_method("edict:gamma=0.3")
+    assert command.parse_methods("ddim, fixed-point:average=2") == ("ddim", "fixed-point:average=2")
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
+    samples = np.clip(rng.standard_normal((6, 3, 8, 8)), -1, 1).astype(np.float32)
+    samples[:, :, :4] = 0.5  # a plain top half
+    latents = (0.6 * noise + 0.8 * rng.standard_normal(noise.shape)).astype(np.float32)
+    run = _FakeRun({"noise": noise, "samples": samples, "latents": latents, "samples2": samples + 1e-3},
+                   {"sample": 5, "invert": 10, "reconstruct": 10})
+    row = analysis.method_row(run, "edict", (("mix", 0.9),), 0.5)
+    assert row.label == "edict (mix 0.9)" and (row.nfe_invert, row.nfe_reconstruct) == (10, 10)
+    assert row.reconstruction_max_abs == pytest.approx(1e-3, rel=1e-3)
+    assert row.noise_correlation == pytest.approx(0.6, abs=0.05)  # latent = 0.6 noise + 0.8 independent
+    assert row.noise_mae == pytest.approx(np.abs(noise - latents).mean(), rel=1e-6)
+    assert row.kl_to_standard_normal < 0.01
+    assert row.mae_plain == pytest.approx(np.abs(noise - latents)[:, :, :3].mean(), rel=0.05)
+    result = {"model": "fake", "n": 6, "steps": 5, "rows": [row.to_json()], "skipped": {"npi": "unconditional"},
+              "runs": {}}
+    assert "| edict (mix 0.9) | 10 + 10 | 0.500 |" in command.markdown(result)
+    assert command.csv_rows(result)[0]["pixel_correlation_mean"] == row.pixel_correlation["mean"]
