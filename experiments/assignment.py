@@ -42,11 +42,10 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import assignment as analysis
 from jtaba.runs import StandardOptions
 
-# (table key, x set, direction of jtaba.metrics.assignment_accuracy_divs); y is always the samples.
-DIRECTIONS = {"image_to_noise": ("noise", "img_to_noise"), "noise_to_image": ("noise", "noise_to_img"),
-              "image_to_latent": ("latents", "img_to_noise"), "latent_to_image": ("latents", "noise_to_img")}
+DIRECTIONS = analysis.DIRECTIONS
 ARROWS = {"image_to_noise": "image → noise", "noise_to_image": "noise → image",
           "image_to_latent": "image → latent", "latent_to_image": "latent → image"}
 
@@ -105,67 +104,6 @@ def options_from_args(args) -> Options:
                    top=args.top)
 
 
-def accuracies(noise, samples, latents, divs: int) -> dict:
-    """The four directions {key: {"mean", "std", "per_div"}} in percent (``assignment_accuracy_divs``)."""
-    from jtaba.metrics import assignment_accuracy_divs
-
-    sets = {"noise": noise, "latents": latents}
-    by_x = {k: assignment_accuracy_divs(sets[k], samples, divs) for k in sets}
-    return {key: by_x[x][direction] for key, (x, direction) in DIRECTIONS.items()}
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Rank of each value in ascending order (0 = smallest; ties by index)."""
-    rank = np.empty(len(values), np.int64)
-    rank[np.argsort(values, kind="stable")] = np.arange(len(values))
-    return rank
-
-
-def attractor_table(x, samples, top: int, ranks: dict) -> dict:
-    """The ``top`` samples nearest to the most items of ``x``: indices, counts, their ranks in ``ranks``
-    ({"variance_rank": (N,), "origin_rank": (N,)}); how many distinct samples are nearest to some x."""
-    from jtaba.metrics import attractor_counts, most_attractive
-
-    counts = attractor_counts(x, samples)
-    idx = most_attractive(counts, top)
-    return {"index": idx.tolist(), "count": counts[idx].tolist(), **{k: r[idx].tolist() for k, r in ranks.items()},
-            "distinct_nearest": int((counts > 0).sum()), "items": len(counts)}
-
-
-def wrong_assignments(noise, samples, chunk: int, top: int) -> dict:
-    """Fig. 12A: the first ``top`` noises of the first chunk whose nearest sample (mean squared distance, within the
-    chunk as the accuracies) is not their own: noise index, assigned sample index, MSE to their own and to the
-    assigned sample, and how many of the chunk's noises are wrong."""
-    from jtaba.metrics import nearest_indices
-
-    x, y = np.asarray(samples[:chunk], np.float64), np.asarray(noise[:chunk], np.float64)
-    assigned = nearest_indices(x, y)[0]  # nearest sample for each noise
-    wrong = np.flatnonzero(assigned != np.arange(chunk))
-
-    def mse(i, j):
-        return float(np.mean(np.square(y[i] - x[j])))
-
-    shown = wrong[:top]
-    return {"noise_index": shown.tolist(), "assigned": assigned[shown].tolist(),
-            "mse_own": [mse(i, i) for i in shown], "mse_assigned": [mse(i, assigned[i]) for i in shown],
-            "wrong": int(len(wrong)), "chunk": chunk}
-
-
-def analyse(noise, samples, latents, divs: int, top: int) -> dict:
-    """Accuracies, attractors (noise and latent) and least variant samples of one set of (N, C, H, W) arrays."""
-    from jtaba.metrics import lowest_variance, sample_mean_squares, sample_variances
-
-    var = sample_variances(samples)
-    ranks = {"variance_rank": _ranks(var), "origin_rank": _ranks(sample_mean_squares(samples))}
-    low_idx, low_var = lowest_variance(samples, top)
-    return {"accuracy": accuracies(noise, samples, latents, divs),
-            "attractors": {"noise": attractor_table(noise, samples, top, ranks),
-                           "latent": attractor_table(latents, samples, top, ranks)},
-            "lowest_variance": {"index": low_idx.tolist(), "variance": low_var.tolist()},
-            "median_variance": float(np.median(var)),
-            "wrong_noise_to_image": wrong_assignments(noise, samples, len(noise) // divs, top)}
-
-
 def compute(ws, opts: Options) -> dict:
     """One run per T (or inversions of the T0 samples), then accuracies and attractors per T."""
     if opts.divs < 1 or opts.n // opts.divs < 2:
@@ -181,7 +119,7 @@ def compute(ws, opts: Options) -> dict:
                                            reconstruction=False))
         noise, samples, latents = noise_run["noise"], noise_run["samples"], run["latents"]
         rows.append({"steps": steps, "sample_steps": noise_run.steps, "run": run.path, "noise_run": noise_run.path,
-                     **analyse(noise, samples, latents, opts.divs, opts.top)})
+                     **analysis.assignment_stats(noise, samples, latents, opts.divs, opts.top).to_json()})
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "steps_list": list(opts.all_steps), "seed": opts.seed,
             "precision": opts.precision, "divs": opts.divs, "chunk": opts.n // opts.divs,
             "invert_from": opts.invert_from, "top": opts.top, "rows": rows}

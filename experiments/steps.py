@@ -16,10 +16,11 @@ import dataclasses
 import math
 import os
 
-from experiments.assignment import ARROWS, DIRECTIONS, accuracies, parse_int_list
+from experiments.assignment import ARROWS, DIRECTIONS, parse_int_list
 from experiments.triangles import CALC_ANGLE_KEYS, SIDES, VERTICES
 from jtaba import cli, io, plotting
 from jtaba.analyses import triangles
+from jtaba.analyses.assignment import accuracies
 from jtaba.runs import StandardOptions
 
 

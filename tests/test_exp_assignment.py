@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import assignment
+from jtaba.analyses import assignment as analysis
 from jtaba.checkpoint import save_checkpoint
 from tests.test_exp_triangles import BATCH, SHAPE, STEPS, tiny_config_dict, tiny_params
 
@@ -75,7 +76,7 @@ def test_directions_known_answer():
     sample's nearest latent and every latent's nearest sample is another pair's: 0 % both ways."""
     col = lambda v: np.repeat(np.array(v, np.float32).reshape(-1, 1, 1, 1), 2, axis=3)  # 2 equal pixels
     noise, samples, latents = col([0, 1, 2, 3]), col([0.1, 1.5, 5, 9]), col([5, 9, 0.1, 1.5])
-    res = assignment.analyse(noise, samples, latents, divs=1, top=3)
+    res = analysis.assignment_stats(noise, samples, latents, divs=1, top=3).to_json()
     acc = {k: v["mean"] for k, v in res["accuracy"].items()}
     assert acc == {"image_to_noise": 75.0, "noise_to_image": 50.0, "image_to_latent": 0.0, "latent_to_image": 0.0}
     assert res["attractors"]["noise"]["index"] == [1, 0] and res["attractors"]["noise"]["count"] == [3, 1]
