@@ -36,7 +36,9 @@ G.2 run of a checkpoint is reused as it is, otherwise only sampling runs (no inv
 Written into --out: alignment.json (settings, per-run rows, the aggregate, skipped metrics), alignment.csv (the
 aggregate: one row per step, every metric's mean and std), alignment_runs.csv (one row per run and step),
 alignment.png (Fig. 16: CLIP-I, DINO, SVCCA, SSIM and CKA vs training step, mean ± std over the runs; feature-space
-CKA / SVCCA and the knn overlaps beside it) and alignment.md. Re-running resumes: checkpoints whose rows exist are
+CKA / SVCCA and the knn overlaps beside it), generations_<run>.png (Fig. 16 right, Figs. 17-19: the first 8 noises
+as each checkpoint samples them, rows = up to 10 checkpoints evenly spread, read from the checkpoint runs) and
+alignment.md. Re-running resumes: checkpoints whose rows exist are
 skipped (rows made without a network that is now present are recomputed from the finished runs).
 """
 from __future__ import annotations
@@ -300,7 +302,27 @@ def write_outputs(result: dict, out: str) -> None:
                   for name, r in result["runs"].items() for row in r["rows"]])
     if result["aggregate"]:
         plot(result, os.path.join(out, "alignment.png"))
+    for name, r in result["runs"].items():
+        plot_generations(name, r["rows"], os.path.join(out, f"generations_{name}.png"), result)
     io.write_text(os.path.join(out, "alignment.md"), markdown(result) + "\n")
+
+
+GRID_NOISES, GRID_ROWS = 8, 10
+
+
+def plot_generations(name: str, rows: list[dict], path: str, result: dict) -> str | None:
+    """Fig. 16 (right), Figs. 17-19: the same noises sampled by each checkpoint of one training run (rows = up to
+    ``GRID_ROWS`` checkpoints whose run files exist, evenly spread; columns = the first ``GRID_NOISES`` noises)."""
+    from jtaba.runs import open_run
+
+    rows = [r for r in rows if os.path.isdir(r["run"])]
+    if not rows:
+        return None
+    grid = [(f"step {r['step']}", np.asarray(open_run(r["run"])["samples"][:GRID_NOISES], np.float32))
+            for r in plotting.evenly_spaced(rows, GRID_ROWS)]
+    title = (f"the same noises sampled by each checkpoint (EMA; Fig. 16 right, Figs. 17-19)\n{name}, "
+             f"N = {result['n']}, T = {result['steps']}")
+    return plotting.generation_grid(grid, path, title)
 
 
 ANALYSIS = cli.Analysis(

@@ -210,6 +210,9 @@ def test_alignment_end_to_end(tmp_path, monkeypatch):
 
     png = matplotlib.image.imread(os.path.join(out, "alignment.png"))
     assert png.shape[1] > 1200 and png[..., :3].std() > 0.05
+    for name in res["runs"]:  # Figs. 17-19: one generation grid per training run
+        png = matplotlib.image.imread(os.path.join(out, f"generations_{name}.png"))
+        assert png.shape[0] > 200 and png[..., :3].std() > 0.05
     assert f"{res['aggregate'][0]['cka_mean']:.4g}" in al.markdown(res)
 
     # 3. rerun: nothing recomputed; other settings refused
