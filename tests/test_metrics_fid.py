@@ -181,3 +181,23 @@ def test_kid_matches_torch_fidelity_and_clean_fid():
     assert full[KEY_KID_STD] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="subset_size"):
         kid(f1, f2, subsets=1, subset_size=71)
+
+
+def test_upstream_export_uint8_matches_to_pil_image():
+    """upstream eval_fids.py: tensors_to_pil_single (per-image min-max) + torchvision ToPILImage, and the LDM branch
+    ldm_tensor_to_images ((x + 1) * 127.5, clamp, uint8), re-typed on torch tensors."""
+    torch = pytest.importorskip("torch")
+    from convert.common import import_torchvision
+    from jtaba.metrics.fid import upstream_export_uint8
+
+    transforms = import_torchvision().transforms
+    x = (np.random.default_rng(0).standard_normal((3, 3, 8, 8)) * 0.6).astype(np.float32)
+    x[1] = np.clip(x[1], -1, 1)
+    want = []
+    for t in torch.from_numpy(x):
+        t = t - t.min()
+        t = t / t.max()
+        want.append(np.asarray(transforms.ToPILImage()(t)).transpose(2, 0, 1))
+    np.testing.assert_array_equal(upstream_export_uint8(x), np.stack(want))
+    ldm = ((torch.from_numpy(x).permute(0, 2, 3, 1) + 1.0) * 127.5).clamp(0, 255).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(upstream_export_uint8(x, ldm=True), ldm.transpose(0, 3, 1, 2))
