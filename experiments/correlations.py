@@ -16,8 +16,9 @@ measured the same way; the row reports the mean over sets of each set's mean / s
 noise row should lie inside that spread; the distance of the latents from it (in null sds, ``z_vs_null``) is what
 the paper's comparison means at this N.
 
-``--upstream-fp16`` rounds every input (the null sets included) to float16 first, as upstream's correlation.py
-``__main__`` (the Tab. 2 producer) does; the arithmetic is float64 either way. Without it the latents row equals
+``--upstream-fp16`` rounds every input (the null sets included) to float16 and computes the coefficients in float16
+arithmetic (torch's half corrcoef, op by op), as upstream's correlation.py ``__main__`` (the Tab. 2 producer)
+does; otherwise the arithmetic is float64. Without it the latents row equals
 the run's metrics.json ``correlation``.
 
 Writes correlations.json, correlations.csv (rows noise / latents / samples / null; columns mean, std and the null's
@@ -58,8 +59,8 @@ def build_parser():
     p.add_argument("--null-seed", type=int, default=Options.null_seed,
                    help="seed of the numpy generator drawing the null sets (independent of --seed)")
     p.add_argument("--upstream-fp16", action="store_true",
-                   help="round noise, latents, samples and null sets to float16 before measuring, as upstream's "
-                        "correlation.py __main__ (Tab. 2)")
+                   help="round noise, latents, samples and null sets to float16 and compute the coefficients in "
+                        "float16 arithmetic, as upstream's correlation.py __main__ (Tab. 2)")
     return p
 
 
@@ -122,7 +123,7 @@ def plot(result: dict, path: str) -> str:
     ax.set_ylim(0, min(1.05, max(m + stats[k]["std"] for m, k in zip(means, names)) * 1.25))
     if null is not None:
         ax.legend(fontsize=8, loc="upper left")
-    fp16 = " (inputs rounded to float16)" if result["upstream_fp16"] else ""
+    fp16 = " (float16 arithmetic)" if result["upstream_fp16"] else ""
     ax.set_title(plotting.run_title(f"pixel correlation in patches{fp16}", result["model"], result["n"],
                                     result["steps"]), fontsize=10)
     return plotting.save(fig, path)
@@ -132,7 +133,7 @@ def report(result: dict) -> str:
     """Human-readable summary printed at the end."""
     k, p = result["top_k"], result["patch_size"]
     lines = [f"top-{k} |Pearson r| in {p}x{p} patches, {result['n']} samples, T={result['steps']} "
-             f"({result['model']}{', float16 inputs' if result['upstream_fp16'] else ''}):",
+             f"({result['model']}{', float16 arithmetic' if result['upstream_fp16'] else ''}):",
              f"  {'row':8s} {'mean':>8s} {'std':>8s}"]
     for name in ROWS:
         r = result["correlation"][name]
@@ -160,7 +161,7 @@ def markdown(result: dict) -> str:
         cells.append(f"{null['mean']:.3f} ± {null['std']:.3f}{spread}")
     k, p = result["top_k"], result["patch_size"]
     note = (f"Mean ± std of the top-{k} |Pearson r| in {p}x{p} patches over N = {result['n']} samples"
-            f"{', inputs rounded to float16' if result['upstream_fp16'] else ''}.")
+            f"{', float16 inputs and arithmetic' if result['upstream_fp16'] else ''}.")
     return "\n".join([head, sep, f"| {result['model']} | " + " | ".join(cells) + " |", "", note])
 
 
