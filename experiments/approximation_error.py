@@ -39,12 +39,12 @@ import os
 
 import numpy as np
 
-from jtaba import cli, engine, io, plotting
+from jtaba import cli, io, plotting
+from jtaba.analyses import approximation_error as analysis
+from jtaba.analyses.approximation_error import AREAS, QUANTITIES, measured_steps
 from jtaba.runs import StandardOptions
 
-QUANTITIES = ("eps", "xt")
 QUANTITY_NAMES = {"eps": "ε", "xt": "x_t"}
-AREAS = ("plain", "non_plain", "all")
 AREA_NAMES = {"plain": "plain", "non_plain": "non-plain", "all": "all"}
 INTERVALS = ("early", "rest", "total")
 
@@ -77,84 +77,21 @@ def options_from_args(args) -> Options:
     return Options(args.n, args.steps, args.seed, args.batch, args.precision, args.threshold, args.early_fraction)
 
 
-def measured_steps(kind: str, steps: int) -> int:
-    """How many inversion steps have a ground truth: T − 1 for ADM (its last step goes to ᾱ = 0), T otherwise."""
-    s = steps - 1 if kind == "adm" else steps
-    if s < 2:
-        raise ValueError(f"the approximation error needs steps >= {3 if kind == 'adm' else 2} for a {kind} model "
-                         f"(a teacher-forced step after the first), got {steps}")
-    return s
-
-
-class _Steps:
-    """A lazy sequence of per-step (N, C, H, W) arrays: item i = fn(i) (computed when read)."""
-
-    def __init__(self, count: int, fn):
-        self.count, self.fn = count, fn
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if not 0 <= i < self.count:
-            raise IndexError(i)
-        return self.fn(i)
-
-
-def step_arrays(diffusion, steps: int, truth_run, inv_run) -> dict:
-    """{"eps" | "xt": (approx, ground truth)}, lazy sequences over the measured inversion steps i (see the module
-    docstring for the indices; ``jtaba.engine.mirror_indices`` holds the convention). ``truth_run``: the recorded
-    sampling run; ``inv_run``: the recorded teacher-forced (x_t-swapped) inversion of its samples, whose
-    all_t_eps_latents[i] is the ε step i computed at the ground-truth state. The state after step i is rebuilt from
-    the recorded x0 and ε of that step with the inversion's coefficients (x' = √ᾱ_dst·x0 + √(1−ᾱ_dst)·ε, float32 as
-    the engine), because the swap records the ground truth in place of it."""
-    s = measured_steps(diffusion.kind, steps)
-    eps_j = engine.mirror_indices(diffusion, steps, "eps", s)
-    xt_j = engine.mirror_indices(diffusion, steps, "xt", s)
-    eps_gt, xs_gt, noise = truth_run["all_t_eps_samples"], truth_run["all_t_samples"], truth_run["noise"]
-    eps_inv, x0_inv = inv_run["all_t_eps_latents"], inv_run["all_t_pred_xstart_latents"]
-    table = engine.LoopSpec(network=None, diffusion=diffusion, steps=steps, invert=True).table()
-
-    def x_after(i):
-        a, b = np.float32(table.sqrt_a_dst[i]), np.float32(table.sqrt_1m_a_dst[i])
-        return a * np.asarray(x0_inv[i], np.float32) + b * np.asarray(eps_inv[i], np.float32)
-
-    return {"eps": (_Steps(s, lambda i: eps_inv[i]), _Steps(s, lambda i: eps_gt[eps_j[i]])),
-            "xt": (_Steps(s, x_after), _Steps(s, lambda i: noise if xt_j[i] < 0 else xs_gt[xt_j[i]]))}
-
-
-def error_tables(arrays: dict, mask, steps: int, early_fraction: float) -> dict:
-    """Per-step normalised errors and the Tab. 6 sums of each quantity and area."""
-    from jtaba.metrics import approximation_errors, early_rest_sums, early_steps
-
-    n_early = early_steps(steps, early_fraction)
-    out = {"early_steps": n_early, "per_step": {}, "table": {}}
-    for q in QUANTITIES:
-        e = approximation_errors(*arrays[q], mask)
-        out["per_step"][q] = e
-        out["table"][q] = {area: early_rest_sums(e[area], n_early) for area in AREAS}
-    return out
-
-
 def compute(ws, opts: Options) -> dict:
     """Record a sampling run and the teacher-forced inversion of its samples (or reuse them), then the errors."""
-    from jtaba.metrics import find_plain_areas
-
     diffusion = ws.model.diffusion
     s = measured_steps(diffusion.kind, opts.steps)
     truth_run = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False))
     # x_t swap of steps 0..s-2: step i (i >= 1) starts from the ground-truth state, step 0 from the final sample
     inv_run = ws.run(opts.run_settings(record=True, reconstruction=False, swap_from=truth_run, swap_before=s - 1,
                                        swap_type="xt"))
-    mask = find_plain_areas(truth_run["samples"], opts.threshold)
-    err = error_tables(step_arrays(diffusion, opts.steps, truth_run, inv_run), mask, opts.steps,
-                       opts.early_fraction)
+    err = analysis.of_runs(diffusion, opts.steps, truth_run, inv_run, opts.threshold, opts.early_fraction)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "threshold": opts.threshold, "early_fraction": opts.early_fraction, "early_steps": err["early_steps"],
+            "threshold": opts.threshold, "early_fraction": opts.early_fraction, "early_steps": err.early_steps,
             "diffusion_kind": diffusion.kind, "measured_steps": s, "swap_before": s - 1,
-            "sampling_run": truth_run.path, "inversion_run": inv_run.path, "plain_fraction": float(mask.mean()),
+            "sampling_run": truth_run.path, "inversion_run": inv_run.path, "plain_fraction": err.plain_fraction,
             "normalisation": "mean |ground truth| of the step (ε: the sampling run's model output; x_t: its state)",
-            "step": list(range(s)), "per_step": err["per_step"], "table": err["table"]}
+            "step": list(range(s)), "per_step": err.per_step, "table": err.table}
 
 
 def interval_name(result: dict, interval: str) -> str:

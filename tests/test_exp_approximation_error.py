@@ -13,6 +13,7 @@ import pytest
 
 import jtaba
 from experiments import approximation_error as ae
+from jtaba.analyses.approximation_error import step_arrays
 from jtaba import engine
 from jtaba.diffusion import DiffusionConfig
 from jtaba.metrics import approximation_errors, early_rest_sums, early_steps
@@ -83,7 +84,7 @@ def test_ground_truth_indices(kind):
         diffusion = DiffusionConfig(kind="diffusers", beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                                     steps_offset=1)
     truth, inv = fake_runs(T)
-    arrays = ae.step_arrays(diffusion, T, truth, inv)
+    arrays = step_arrays(diffusion, T, truth, inv)
     S = len(arrays["eps"][0])
     # upstream ddim.py / invert_swap: ADM eps gt = all_t_eps_samples[T-2-i], state after step i = all_t_samples[T-3-i]
     # (the noise after step T-2), i < T-1; diffusers: eps gt [T-1-i], state after step i [T-2-i], i < T
