@@ -123,17 +123,23 @@ def build_parser():
     return p
 
 
-def options_from_args(args) -> Options:
+def prompt_file(args) -> str:
+    """--prompts as a file: a NAME is the model's prompts/NAME.npy."""
     prompts = args.prompts
     if not prompts.endswith(".npy") and os.path.sep not in prompts:
         prompts = os.path.join(cli.model_ref(args).path, "prompts", f"{prompts}.npy")
+    return os.path.abspath(prompts)
+
+
+def options_from_args(args) -> Options:
+    prompts = prompt_file(args)
     opts = Options(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, precision=args.precision,
                    source_cond_seed=args.source_cond_seed, target_cond_seed=args.target_cond_seed,
                    noises_per_cond=args.noises_per_cond,
                    swap_steps=cli.parse_step_counts(args.swap_steps, "--swap-steps", allow_none=True),
                    forward_steps=cli.parse_step_counts(args.forward_steps, "--forward-steps", allow_none=True),
                    forward_seed=args.forward_seed, forward_level=args.forward_level,
-                   prompts=os.path.abspath(prompts), clip_prompts=args.clip_prompts)
+                   prompts=prompts, clip_prompts=args.clip_prompts)
     check_options(opts)
     return opts
 
@@ -176,10 +182,11 @@ def condition_kind(model) -> str:
 
 
 def unavailable(ws, opts: Options) -> str | None:
-    """Why the analysis cannot run on this model (an unconditional one), else None: ``experiments.reproduce``
-    lists it as skipped."""
+    """Why the analysis cannot run on this model (an unconditional one, a text-conditioned one without its prompt
+    set), else None: ``experiments.reproduce`` lists it as skipped."""
     try:
-        condition_kind(ws.model)
+        if condition_kind(ws.model) == "text":
+            read_prompt_set(opts.prompts)
     except ValueError as e:
         return str(e)
     return None

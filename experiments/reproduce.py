@@ -101,6 +101,13 @@ def build_parser():
     p.add_argument("--only", default=None, metavar="A,B",
                    help=f"comma-separated analyses to run (default: all of {', '.join(NAMES)})")
     p.add_argument("--skip", default="", metavar="A,B", help="comma-separated analyses to leave out")
+    p.add_argument("--prompts", default="prompts", metavar="NAME|FILE.npy",
+                   help="text-conditioned models: diversity's prompt set (its --prompts: NAME in the model's prompts/ "
+                        "folder, or a .npy file with its .json beside it)")
+    p.add_argument("--sizes", choices=("own", "report"), default="own",
+                   help="own: the analyses that keep their own sizes keep them (see Sizes above); report: every "
+                        "analysis runs at --n and --steps with its shortest lists (steps: T = --steps; swap and "
+                        "diversity: K = 1; interpolation: 3 alphas, K = 1): one quick pass over every table")
     p.add_argument("--swap-steps", type=int, default=None,
                    help="T of the swap table (default: the swap analysis's own, sized for a CPU; the paper's Tab. 9 "
                         "used T = 50)")
@@ -127,15 +134,29 @@ def chosen(args) -> list[str]:
     return [a for a in NAMES if a in only and a not in skip]
 
 
+# --sizes=report: the shortest lists of the analyses that sweep (a quick pass over every table).
+SHORTEST = {"steps": lambda args: {"steps_list": (args.steps,)}, "swap": lambda args: {"k_list": (1,)},
+            "interpolation": lambda args: {"alphas": 3, "forward_before": (1,)},
+            "diversity": lambda args: {"swap_steps": (1,), "forward_steps": (1,)}}
+
+
 def options_for(analysis: cli.Analysis, args) -> object:
-    """The analysis's own defaults, with the report's flags it takes (all run settings but its ``own_sizes``;
-    --swap-steps for swap's T)."""
+    """The analysis's own defaults, with the report's flags it takes (all run settings but its ``own_sizes``, all
+    of them and ``SHORTEST`` with --sizes=report; --swap-steps for swap's T)."""
     fields = {f.name for f in dataclasses.fields(analysis.options_class)}
-    takes = [k for k in (*STANDARD, *INPUT_FIELDS) if k not in analysis.own_sizes]
+    report_sizes = args.sizes == "report"
+    takes = [k for k in (*STANDARD, *INPUT_FIELDS) if report_sizes or k not in analysis.own_sizes]
     given = {k: getattr(args, k) for k in takes if k in fields}  # every run with the inputs
+    if report_sizes and analysis.name in SHORTEST:
+        given.update(SHORTEST[analysis.name](args))
     if analysis.name == "swap" and args.swap_steps is not None:
         given["steps"] = args.swap_steps
-    return analysis.options_class(**given)
+    if analysis.name == "diversity":
+        given["prompts"] = diversity.prompt_file(args)
+    opts = analysis.options_class(**given)
+    if analysis.name == "swap" and args.swap_steps is not None:
+        return opts
+    return cli.paper_options(analysis.name, opts, getattr(args, "paper_settings", None), ())
 
 
 def training_options(analysis: cli.Analysis, args) -> object:
@@ -174,6 +195,31 @@ def options_text(opts) -> str:
     """The options beyond N and T (shown in the sizes line) and beyond unset inputs."""
     unset = {k for k in INPUT_FIELDS if getattr(opts, k, None) == getattr(StandardOptions, k, None)}
     return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(opts).items() if k not in {"n", "steps", *unset})
+
+
+def measured_space(model) -> str:
+    """Where the analyses measure noise, samples and latents: the diffusion model's own space (the paper measures
+    latent models on their latents, Sec. 3.1)."""
+    if model.decoder is None:
+        return "pixels"
+    kind = {"vq": "VQ-VAE", "vae": "VAE"}.get(model.decoder.family, model.decoder.family)
+    return f"{kind} latents ({' x '.join(map(str, model.sample_shape))})"
+
+
+def paper_line(ws, args) -> str:
+    """Which settings this report used against the paper's for the model's family (``jtaba.paper``)."""
+    from jtaba import paper
+
+    try:
+        settings = paper.settings(ws.model.family)
+    except ValueError as e:
+        return str(e)
+    used = {k: getattr(args, k) for k in settings.run}
+    differ = paper.differences(used, settings)
+    given = "with --paper" if args.paper else "without --paper"
+    return (f"Paper settings for {settings.family} ({given}): "
+            + (f"differs in {', '.join(differ)}." if differ else "the standard run uses them all.")
+            + (f" Needs {settings.needs}." if settings.needs and args.prompt_embeds is None else ""))
 
 
 def section(analysis: cli.Analysis, body: str, sizes: str, opts, seconds: float, folder: str) -> str:
@@ -228,6 +274,7 @@ def main(argv: list[str] | None = None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     cli.initialize_distributed(args)  # before any other JAX call
+    args.paper_settings = cli.apply_paper(args, argv)
     names = chosen(args)
     from jtaba.train.export import run_name
 
@@ -265,7 +312,8 @@ def main(argv: list[str] | None = None) -> str:
             continue
         start = time.time()
         folder = os.path.join(out, name)
-        entry = {"reference": ref, "options": dataclasses.asdict(opts), "folder": folder}
+        entry = {"reference": ref, "options": dataclasses.asdict(opts), "folder": folder,
+                 "space": "training runs' pixels" if analysis.training else measured_space(ws.model)}
         label = f"[{i + 1}/{len(plan)}] {name}"
         if analysis.training:  # resumable rows kept where the analysis's own command keeps them
             entry["rows"] = os.path.abspath(analysis.default_out(opts))
@@ -278,7 +326,8 @@ def main(argv: list[str] | None = None) -> str:
         done += 1
         summary["analyses"][name] = {**entry, "seconds": round(seconds, 1)}
         passes = 0 if analysis.training else analysis.network_passes(ws, opts)
-        sections.append(section(analysis, analysis.markdown(result), sizes_line(analysis, opts, args, passes), opts,
+        sizes = f"{sizes_line(analysis, opts, args, passes)} Measured in {entry['space']}."
+        sections.append(section(analysis, analysis.markdown(result), sizes, opts,
                                 seconds, folder))
         if writes:
             io.write_json(os.path.join(out, "report.json"), summary)
@@ -287,7 +336,7 @@ def main(argv: list[str] | None = None) -> str:
     total = time.time() - started
     summary["seconds"] = round(total, 1)
     io.write_json(os.path.join(out, "report.json"), summary)
-    head = summary_block(ws, args, argv, summary["analyses"], total, train_names)
+    head = summary_block(ws, args, argv, summary["analyses"], total, train_names) + paper_line(ws, args) + "\n"
     io.write_text(os.path.join(out, "report.md"), "\n".join([head, *sections]))
     print(f"wrote {out}/report.md ({len(names)} analyses, {total / 60:.1f} min)")
     return out

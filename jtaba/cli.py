@@ -211,6 +211,10 @@ def add_analysis_flags(p: argparse.ArgumentParser, defaults, n_help: str = STAND
                    help="folder for the tables and figures (default: <runs-dir>/<model>/<analysis>/<settings>)")
     add_input_flags(p)
     add_method_flags(p)
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's settings for the model's family (jtaba.paper: N = 10,240, T = 100, seed 420, "
+                        "guidance 1; DiT: class seed 10, 8 noises per class; the T lists of Tabs. 10-11, T = 50 for "
+                        "Tabs. 7 and 9) where no flag sets them; the report names what differs from the paper's")
     add_distributed_flags(p)
 
 
@@ -299,9 +303,11 @@ def _print_written(out: str) -> None:
 
 def run_analysis(analysis: Analysis, argv=None) -> str:
     """An analysis command: flags -> options -> runs -> tables and figures; returns the output folder."""
-    args = analysis.build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = analysis.build_parser().parse_args(argv)
     initialize_distributed(args)  # before any other JAX call
-    opts = analysis.options(args)
+    paper = apply_paper(args, argv)
+    opts = paper_options(analysis.name, analysis.options(args), paper, argv)
     ws = dataclasses.replace(workspace(args), label=analysis.name)
     warn_if_slow(opts.n, opts.steps, analysis.network_passes(ws, opts), analysis.name)
     reason = analysis.unavailable(ws, opts)
@@ -317,6 +323,37 @@ def run_analysis(analysis: Analysis, argv=None) -> str:
     print(analysis.summary(result))
     _print_written(out)
     return out
+
+
+def flag_given(argv, field: str) -> bool:
+    """Whether the flag of options field ``field`` (``class_seed`` -> --class-seed) is on the command line."""
+    flag = "--" + field.replace("_", "-")
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def apply_paper(args: argparse.Namespace, argv):
+    """With --paper: the paper's run settings for the model's family (``jtaba.paper``) into ``args`` where no flag
+    set them; returns the ``PaperSettings`` (None without --paper). The family is read from the checkpoint's
+    config (no weights loaded)."""
+    if not getattr(args, "paper", False):
+        return None
+    from jtaba import checkpoint, paper
+
+    settings = paper.settings(checkpoint.read_config(model_ref(args).path)["family"])
+    for k, v in settings.run.items():
+        if hasattr(args, k) and not flag_given(argv, k):
+            setattr(args, k, v)
+    if settings.needs and getattr(args, "prompt_embeds", "") is None:
+        raise ValueError(f"--paper on {settings.family} needs {settings.needs}")
+    return settings
+
+
+def paper_options(name: str, opts, paper, argv):
+    """``opts`` with the paper's settings of analysis ``name`` (``PaperSettings.analyses``) where no flag set them."""
+    if paper is None:
+        return opts
+    own = {k: v for k, v in paper.analyses.get(name, {}).items() if hasattr(opts, k) and not flag_given(argv, k)}
+    return dataclasses.replace(opts, **own) if own else opts
 
 
 def with_inputs(opts, args: argparse.Namespace):
