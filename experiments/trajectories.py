@@ -31,6 +31,7 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import trajectories as analysis
 from jtaba.runs import StandardOptions
 
 
@@ -70,34 +71,13 @@ def inversion_settings(opts: Options, sampling_run):
                              reconstruction=False)
 
 
-def trajectory_table(all_t_samples, all_t_latents, noise, latents, alphas: int) -> dict:
-    """Distances (T, alphas) to the interpolation points, their per-step min-max scaling, the nearest alpha per
-    step, and the per-step fractions of sampling / same-level inversion states closer to the noise."""
-    from jtaba.metrics import closer_to_noise_fraction, interpolation_distances, min_max_scale
-
-    if alphas < 2:
-        raise ValueError(f"alphas must be at least 2, got {alphas}")
-    dist = interpolation_distances(all_t_samples, noise, latents, alphas)
-    alpha = np.linspace(0, 1, alphas)
-    nearest = dist.argmin(axis=1)
-    sampling = closer_to_noise_fraction(all_t_samples, noise, latents)
-    inversion = closer_to_noise_fraction(all_t_latents, noise, latents)  # after 1..T inversion steps
-    # sampling step k (level T - k) <-> inversion after T - k steps; k = T: the image, as the sampling state
-    same_level = np.concatenate([inversion[::-1][1:], sampling[-1:]])
-    return {"alphas": alpha.tolist(), "distances": dist.tolist(), "scaled": min_max_scale(dist).tolist(),
-            "nearest_alpha_index": nearest.tolist(), "nearest_alpha": alpha[nearest].tolist(),
-            "closer_to_noise_sampling": sampling.tolist(), "closer_to_noise_inversion_same_level": same_level.tolist(),
-            "closer_to_noise_inversion_by_step": inversion.tolist()}
-
-
 def compute(ws, opts: Options) -> dict:
     """The recorded sampling and inversion runs (reused when finished), then the distance table."""
     sampling = ws.run(sampling_settings(opts))
     inversion = ws.run(inversion_settings(opts, sampling))
-    table = trajectory_table(sampling["all_t_samples"], inversion["all_t_latents"], sampling["noise"],
-                             inversion["latents"], opts.alphas)
+    table = analysis.of_runs(sampling, inversion, opts.alphas)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "sampling_run": sampling.path, "inversion_run": inversion.path, **table}
+            "sampling_run": sampling.path, "inversion_run": inversion.path, **table.to_json()}
 
 
 def csv_rows(result: dict) -> list[dict]:
