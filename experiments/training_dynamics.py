@@ -33,6 +33,7 @@ import shutil
 import numpy as np
 
 from jtaba import cli, io, plotting
+from jtaba.analyses.training_dynamics import checkpoint_stats
 from jtaba.precision import PRECISIONS
 from jtaba.runs import StandardOptions
 from jtaba.train.export import run_name
@@ -42,8 +43,6 @@ ROWS_DIR = "rows"
 GENERATIONS_DIR = "generations"
 GRID_ROWS = 10  # checkpoints shown in generations.png
 SETTINGS = "settings.json"
-ANGLE_KEYS = {"angle_image": "mean_cossim_img", "angle_noise": "mean_cossim_noise",
-              "angle_latent": "mean_cossim_latent"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,24 +115,6 @@ def options_from_args(args) -> Options:
 
 def default_out(opts: Options) -> str:
     return os.path.join(opts.runs_dir, run_name(opts.run), "training_dynamics", cli.settings_name(opts))
-
-
-# ---- statistics ----------------------------------------------------------------------------------------------
-def checkpoint_stats(noise, samples, latents, samples2=None) -> dict:
-    """One table row's statistics from (N, C, H, W) arrays: vertex angles (degrees, acos of the mean cosine),
-    L2 distances mean / std (+ ``mean_mse_img_img2`` with ``samples2``), ``mae_noise_latent`` and assignment
-    accuracies (fractions): ``acc_img_to_noise`` / ``acc_noise_to_img`` (noise vs samples) and
-    ``acc_img_to_latent`` / ``acc_latent_to_img`` (latents vs samples)."""
-    from jtaba.metrics import assignment_accuracy, calc_angles, calc_distances, mae
-
-    angles = calc_angles(noise, samples, latents)
-    row = {k: angles[v] for k, v in ANGLE_KEYS.items()}
-    row.update(calc_distances(noise, samples, latents, samples2))
-    row["mae_noise_latent"] = mae(noise, latents)
-    noise_acc, latent_acc = assignment_accuracy(noise, samples), assignment_accuracy(latents, samples)
-    row.update(acc_img_to_noise=noise_acc["img_to_noise"], acc_noise_to_img=noise_acc["noise_to_img"],
-               acc_img_to_latent=latent_acc["img_to_noise"], acc_latent_to_img=latent_acc["noise_to_img"])
-    return row
 
 
 # ---- the experiment ------------------------------------------------------------------------------------------
