@@ -20,8 +20,9 @@ import os
 import numpy as np
 
 from jtaba import cli, io, plotting
-from jtaba.runs import StandardOptions
+from jtaba.analyses import precision as analysis
 from jtaba.precision import PRECISIONS
+from jtaba.runs import StandardOptions
 
 CHOICES = PRECISIONS  # float32 first: the reference
 
@@ -60,42 +61,12 @@ def network_passes(ws, opts: Options) -> int:
     return 3 * len(opts.precisions)
 
 
-def paper_numbers(run) -> dict:
-    """The quantities whose change is reported, from one run's files."""
-    from jtaba.metrics import assignment_accuracy, calc_angles, kl_div, top_k_corr_in_patches
-
-    angles = calc_angles(run["noise"], run["samples"], run["latents"])
-    noise_acc = assignment_accuracy(run["noise"], run["samples"])
-    latent_acc = assignment_accuracy(run["latents"], run["samples"])
-    return {"latent_correlation": top_k_corr_in_patches(run["latents"], 8, 20)["mean"],
-            "kl_noise_latent": kl_div(run["noise"], run["latents"]),
-            "angle_image": angles["mean_cossim_img"], "angle_noise": angles["mean_cossim_noise"],
-            "angle_latent": angles["mean_cossim_latent"],
-            "acc_noise_to_img": noise_acc["noise_to_img"], "acc_latent_to_img": latent_acc["noise_to_img"]}
-
-
-def per_sample_max_abs(a, b) -> np.ndarray:
-    return np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).reshape(len(a), -1).max(axis=1)
-
-
 def compute(ws, opts: Options) -> dict:
-
-    runs = {p: ws.run(opts.run_settings(precision=p))
-            for p in opts.precisions}
-    ref = runs["float32"]
-    numbers = {p: paper_numbers(r) for p, r in runs.items()}
-    rows, per_sample = [], {}
-    for p, r in runs.items():
-        errs = {k: per_sample_max_abs(r[k], ref[k]) for k in ("samples", "latents", "samples2")}
-        per_sample[p] = {k: v.tolist() for k, v in errs.items()}
-        row = {"precision": p}
-        for k, v in errs.items():
-            row[f"{k}_max_abs_mean"], row[f"{k}_max_abs_max"] = float(v.mean()), float(v.max())
-        row.update({k: v for k, v in numbers[p].items()})
-        row.update({f"delta_{k}": v - numbers["float32"][k] for k, v in numbers[p].items()})
-        rows.append(row)
+    """One standard run per precision (reused when finished), then their differences from float32's."""
+    runs = {p: ws.run(opts.run_settings(precision=p), f"{p} run") for p in opts.precisions}
+    table = analysis.of_runs(runs)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed,
-            "runs": {p: r.path for p, r in runs.items()}, "rows": rows, "per_sample": per_sample}
+            "runs": {p: r.path for p, r in runs.items()}, **table.to_json()}
 
 
 def markdown(result: dict) -> str:
