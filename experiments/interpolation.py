@@ -208,7 +208,7 @@ def source_label(name: str, short: bool = False) -> str:
         return "DDIM latents" if short else r"DDIM latents $\hat{x}_T$"
     if name.startswith("latents_swap"):
         k = name[len("latents_swap"):]
-        return f"latents, K={k}\nε swap" if short else f"latents, first {k} inversion ε ground truth"
+        return f"latents, K={k}\nε swap" if short else f"latents, first {k} inversion ε swapped (ground truth)"
     k = name[len("latents_forward"):]
     return f"latents, K={k}\nforward" if short else f"latents, first {k} inversion steps forward"
 
