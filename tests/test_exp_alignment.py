@@ -224,3 +224,12 @@ def test_alignment_end_to_end(tmp_path, monkeypatch):
         assert json.load(f) == res
     with pytest.raises(SystemExit, match="other settings"):
         al.main(argv + ["--knn-k", "3"])
+
+
+def test_svcca_method_flag_and_its_folder():
+    p = al.build_parser()
+    base = ["--run", "runs/train/s0"]
+    exact = al.options_from_args(p.parse_args(base))
+    upstream = al.options_from_args(p.parse_args(base + ["--svcca-method", "upstream"]))
+    assert exact.svcca_method == "exact" and upstream.svcca_method == "upstream"
+    assert al.default_out(upstream) == al.default_out(exact).replace("seed420", "seed420_svcca_upstream")

@@ -150,3 +150,12 @@ def test_triangle_vertices_to_scale():
     assert angle_at(pts["image"], pts["noise"], pts["latent"]) == pytest.approx(100.0)
     assert angle_at(pts["latent"], pts["noise"], pts["image"]) == pytest.approx(50.0)
     assert np.linalg.norm(pts["latent"] - pts["noise"]) == pytest.approx(2.0)
+
+
+def test_upstream_fp16_flag_selects_float16_angles_and_names_the_folder():
+    from jtaba import cli
+
+    p = triangles.build_parser()
+    assert triangles.out_parts(triangles.Options()) == []
+    opts = cli.options_from_args(triangles.Options, p.parse_args(["--upstream-fp16"]))
+    assert opts.upstream_fp16 and triangles.out_parts(opts) == ["fp16"]
