@@ -106,10 +106,10 @@ def test_no_reuse_computes_again_and_a_truncated_metrics_json_is_rewritten(model
     r = runs.run(model, settings(), root=root, tag="tiny", progress=False)  # reused: only metrics.json rewritten
     assert "metrics.json: not valid JSON" in capsys.readouterr().err
     assert r.metrics == reader.Run(finished).metrics
-    before = os.stat(os.path.join(path, "samples.npy")).st_ino
+    before = os.stat(os.path.join(path, "samples.npy")).st_mtime_ns
     monkeypatch.setattr(run_module, "_COMPUTED", set())  # as a new process: this one computed nothing here
     r = runs.run(model, settings(), root=root, tag="tiny", progress=False, reuse=False)
-    assert os.stat(os.path.join(path, "samples.npy")).st_ino != before  # written again
+    assert os.stat(os.path.join(path, "samples.npy")).st_mtime_ns != before  # written again
     np.testing.assert_array_equal(r["samples"], np.load(os.path.join(finished, "samples.npy")))
 
 

@@ -136,6 +136,11 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = " ".join([PROG, shlex.join(rename_deprecated_flags(build_parser(), argv, note=False))])
+    cfg = config_from_args(args)
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     import jax
 
     jax.config.update("jax_num_cpu_devices", max(1, args.cpu_devices))
@@ -143,11 +148,6 @@ def main(argv=None) -> None:
     from jtaba.train.loop import train
     from jtaba.train.run_checkpoints import saved_steps
 
-    cfg = config_from_args(args)
-    try:
-        cfg.check()
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
     out = os.path.abspath(args.out)
     try:
         with quiet_orbax():  # orbax logs a damaged checkpoint or a full disk at length: the error below says it
