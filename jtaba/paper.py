@@ -6,6 +6,8 @@ Sec. 3.1). DiT: 1,280 ImageNet class names drawn with cond seed 10, 8 noises eac
 IF: Recap-COCO-30K prompts, per sample (``--prompt-embeds``, made by ``convert/if.py --prompts``; they cannot be
 drawn here). The forward-diffusion inversion of the ICLR scripts: level "upstream" on diffusers models (LDM, DiT,
 IF; "exact" is the same level on ADM). Tabs. 10-11: T = 10, 50, 100, 500, 1000; Tab. 9 and Tab. 7: T = 50.
+The analyses' measurement protocols as upstream: Tab. 2's correlations in float16, DiT / IF triangles (Tab. 3) in
+float16, interpolation (Tab. 12, Fig. 5) by torch-fidelity against the training images with DiT's ε-swap row.
 """
 from __future__ import annotations
 
@@ -42,9 +44,12 @@ def settings(family: str) -> PaperSettings:
     needs = None
     # Tab. 12 / Fig. 5 (upstream eval_fids.py): torch-fidelity against the training images, the ICLR forward level
     analyses["interpolation"] = {"fid_protocol": "torch-fidelity", "forward_level": "upstream", "reference": "train"}
+    analyses["correlations"] = {"upstream_fp16": True}  # Tab. 2: upstream's script cast every model's tensors to fp16
     if family == "dit":
         run.update(class_seed=10, noises_per_class=8)
         analyses["interpolation"]["swap_steps"] = (3,)  # Tab. 12's eps swap: 6 % of DiT's T = 50
+    if family in ("dit", "if_unet"):  # Tab. 3: their triangles were measured on float16 tensors
+        analyses["triangles"] = {"upstream_fp16": True}
     if family == "if_unet":
         needs = ("--prompt-embeds: the per-sample prompt embeddings of the standard run (the paper: Recap-COCO-30K "
                  "prompts, made by `python convert/if.py --prompts FILE`)")
