@@ -40,6 +40,8 @@ import dataclasses
 import os
 
 from jtaba import cli, io, plotting
+from jtaba.analyses import swap as analysis
+from jtaba.analyses.swap import forward_levels_coincide, run_metrics, swap_range_note
 from jtaba.runs import StandardOptions
 
 SWAP_TYPES = ("eps", "xt")
@@ -56,7 +58,6 @@ COLUMN_TITLES = {"correlation": "pixel correlation of the latents (top-20 in 8x8
                  "noise_error": "noise reconstruction error mean |noise - latents|",
                  "kl": "KL(noise || latents), 1-D Gaussians"}
 MD_COLUMNS = {"correlation": "Corr.", "image_error": "Image", "noise_error": "Noise", "kl": "KL"}
-CORRELATION_PATCH, CORRELATION_TOP_K = 8, 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,47 +93,12 @@ def out_parts(opts: Options) -> tuple:
     return "K" + "-".join(map(str, opts.k_list)), f"fseed{opts.forward_seed}"
 
 
-def forward_levels_coincide(model) -> bool:
-    """ADM's forward replacement noises to the level K inversion steps reach under both conventions."""
-    return model.diffusion.kind == "adm"
-
-
-def swap_range_note(model, steps: int, kind: str, k: int):
-    """None when a ``kind`` swap of the first ``k`` inversion steps has mirror steps in the sampling run, else why
-    not (``jtaba.engine.mirror_indices``)."""
-    from jtaba import engine
-
-    try:
-        engine.mirror_indices(model.diffusion, steps, kind, k)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def run_metrics(run) -> dict:
-    """The row of one run (Tab. 9 columns) from its metrics.json (computed from its files when absent)."""
-    m = run.metrics
-    if not all(k in m for k in ("correlation", "kl_div_noise_latent", "reconstruction_error_noise",
-                                "reconstruction_error_images")):
-        from jtaba.metrics import core_metrics
-
-        p = "decoded_" if "decoded_samples" in run else ""
-        m = core_metrics(run["noise"], run["latents"], run.get(p + "samples"), run.get(p + "samples2"))
-    return {"correlation": m["correlation"]["mean"], "correlation_std": m["correlation"]["std"],
-            "image_error": m.get("reconstruction_error_images"), "noise_error": m["reconstruction_error_noise"],
-            "kl": m["kl_div_noise_latent"], "run": run.path}
-
-
 def compute(ws, opts: Options) -> dict:
     """The standard run (K = 0), one recorded sampling run, then per method and K an inversion + reconstruction."""
-    from jtaba.metrics import top_k_corr_in_patches
-
     standard = ws.run(opts.run_settings())  # the standard run every analysis shares
     # The ground truth: every sampling step of the same noise (inversion not needed).
     record = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False), "recorded sampling")
-    corr = top_k_corr_in_patches(standard["noise"], patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K)
-    noise_row = {"correlation": corr["mean"], "correlation_std": corr["std"], "image_error": None,
-                 "noise_error": 0.0, "kl": 0.0}
+    noise_row = analysis.noise_row(standard["noise"])
     coincide = forward_levels_coincide(ws.model)
     notes = []
     methods = {}
