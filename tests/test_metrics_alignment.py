@@ -4,8 +4,21 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from jtaba.metrics.alignment import (batch_min_max, cca_correlations, cca_nipals, cka, gram, hsic, knn_indices,
-                                     mutual_knn, mutual_knn_counts, randomized_svcca, svcca, svd_lowrank, svd_reduce)
+from jtaba.metrics.alignment import (
+    batch_min_max,
+    cca_correlations,
+    cca_nipals,
+    cka,
+    gram,
+    hsic,
+    knn_indices,
+    mutual_knn,
+    mutual_knn_counts,
+    randomized_svcca,
+    svcca,
+    svd_lowrank,
+    svd_reduce,
+)
 
 
 def _sets(n=60, dx=20, dy=30, seed=0):
@@ -62,28 +75,28 @@ def _k_cka(gram_x, gram_y, debiased=False):
 
 # --- platonic-rep metrics.py / upstream taba/metrics/alignment.py HSIC (torch -> numpy, re-typed) ---
 
-def _p_hsic_unbiased(k, l):
+def _p_hsic_unbiased(k, g):
     m = k.shape[0]
-    kt, lt = k.copy(), l.copy()
+    kt, lt = k.copy(), g.copy()
     np.fill_diagonal(kt, 0)
     np.fill_diagonal(lt, 0)
     value = (np.sum(kt * lt.T) + np.sum(kt) * np.sum(lt) / ((m - 1) * (m - 2)) - 2 * np.sum(kt @ lt) / (m - 2))
     return value / (m * (m - 3))
 
 
-def _p_hsic_biased(k, l):
+def _p_hsic_biased(k, g):
     h = np.eye(k.shape[0]) - 1 / k.shape[0]
-    return np.trace(k @ h @ l @ h)
+    return np.trace(k @ h @ g @ h)
 
 
 def _p_cka(a, b, kernel_metric="ip", rbf_sigma=1.0, unbiased=False):
     if kernel_metric == "ip":
-        k, l = a @ a.T, b @ b.T
+        k, g = a @ a.T, b @ b.T
     else:
         k = np.exp(-cdist(a, a) ** 2 / (2 * rbf_sigma ** 2))
-        l = np.exp(-cdist(b, b) ** 2 / (2 * rbf_sigma ** 2))
+        g = np.exp(-cdist(b, b) ** 2 / (2 * rbf_sigma ** 2))
     fn = _p_hsic_unbiased if unbiased else _p_hsic_biased
-    return fn(k, l) / (np.sqrt(fn(k, k) * fn(l, l)) + 1e-6)
+    return fn(k, g) / (np.sqrt(fn(k, k) * fn(g, g)) + 1e-6)
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
@@ -109,9 +122,9 @@ def test_cka_matches_platonic_rep_and_upstream(unbiased):
     assert cka(xt, yt, unbiased=unbiased) != pytest.approx(cka(xt, yt, unbiased=unbiased, eps=0.0), rel=1e-6)
     ref = _p_cka(x / 10, y / 10, "rbf", 2.0, unbiased)
     assert cka(x / 10, y / 10, kernel="rbf", rbf_sigma=2.0, unbiased=unbiased) == pytest.approx(ref, rel=1e-10)
-    k, l = gram(xs), gram(ys)
+    k, g = gram(xs), gram(ys)
     fn = _p_hsic_unbiased if unbiased else _p_hsic_biased
-    assert hsic(k, l, unbiased=unbiased) == pytest.approx(fn(k, l), rel=1e-12)
+    assert hsic(k, g, unbiased=unbiased) == pytest.approx(fn(k, g), rel=1e-12)
 
 
 def test_cka_invariances():

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from jtaba.metrics import _chunks
-from jtaba.metrics.triangles import (angle_histogram, calc_angles, calc_distances, find_max_prob_triangle,
-                                     most_probable_triangle, vertex_angles)
+from jtaba.metrics.triangles import (
+    angle_histogram,
+    calc_angles,
+    calc_distances,
+    find_max_prob_triangle,
+    most_probable_triangle,
+    vertex_angles,
+)
 
 
 # ---- upstream oracles (taba/metrics/angles_distances.py, taba/exp_pipelines/most_probable_triangle.py) ----

@@ -72,15 +72,15 @@ def gram(features, *, kernel: str = "linear", rbf_sigma: float = 1.0,
     return np.exp(-d2 / (2.0 * sigma2))
 
 
-def hsic(k, l, *, unbiased: bool = False) -> float:
+def hsic(k, g, *, unbiased: bool = False) -> float:
     """HSIC of two (N, N) kernel matrices with upstream's normalisation (see module docstring)."""
-    k, l = np.asarray(k, np.float64), np.asarray(l, np.float64)
+    k, g = np.asarray(k, np.float64), np.asarray(g, np.float64)
     m = k.shape[0]
     if not unbiased:  # tr(K H L H) = <HKH, HLH>_F
-        return float(np.sum(_centre(k) * _centre(l)))
+        return float(np.sum(_centre(k) * _centre(g)))
     if m < 4:
         raise ValueError(f"unbiased HSIC needs N >= 4, got {m}")
-    kt, lt = k.copy(), l.copy()
+    kt, lt = k.copy(), g.copy()
     np.fill_diagonal(kt, 0.0)
     np.fill_diagonal(lt, 0.0)
     value = (np.sum(kt * lt.T) + kt.sum() * lt.sum() / ((m - 1) * (m - 2))
@@ -97,8 +97,8 @@ def cka(x, y, *, kernel: str = "linear", unbiased: bool = False, eps: float = 1e
     """Centred kernel alignment of two aligned sets (see module docstring). Upstream G.3: ``cka(x̃, ỹ)``."""
     xf, yf = _pair(x, y)
     kw = {"kernel": kernel, "rbf_sigma": rbf_sigma, "rbf_median_scale": rbf_median_scale}
-    k, l = gram(xf, **kw), gram(yf, **kw)
-    kl, kk, ll = (hsic(a, b, unbiased=unbiased) for a, b in ((k, l), (k, k), (l, l)))
+    k, g = gram(xf, **kw), gram(yf, **kw)
+    kl, kk, ll = (hsic(a, b, unbiased=unbiased) for a, b in ((k, g), (k, k), (g, g)))
     return float(kl / (np.sqrt(kk * ll) + eps))
 
 
