@@ -40,12 +40,12 @@ def knn_counts(a, b, k):
 
 
 def cka(a, b):
-    def hsic(k, l):
+    def hsic(k, g):
         h = np.eye(len(k)) - 1 / len(k)
-        return np.trace(k @ h @ l @ h)
+        return np.trace(k @ h @ g @ h)
 
-    k, l = a @ a.T, b @ b.T
-    return hsic(k, l) / (np.sqrt(hsic(k, k) * hsic(l, l)) + 1e-6)
+    k, g = a @ a.T, b @ b.T
+    return hsic(k, g) / (np.sqrt(hsic(k, k) * hsic(g, g)) + 1e-6)
 
 
 def svcca(a, b, dim=10):

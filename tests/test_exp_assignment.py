@@ -74,7 +74,9 @@ def test_directions_known_answer():
     lower index), 5 -> 3 (wrong), 9 -> 3: 75 %. Noise -> image: 0 -> 0.1, 1 -> 1.5, 2 -> 1.5 (wrong), 3 -> 1.5
     (wrong): 50 %; sample 1 attracts three noises. Latents 5, 9, 0.1, 1.5 (a permutation of the samples): every
     sample's nearest latent and every latent's nearest sample is another pair's: 0 % both ways."""
-    col = lambda v: np.repeat(np.array(v, np.float32).reshape(-1, 1, 1, 1), 2, axis=3)  # 2 equal pixels
+    def col(v):  # 2 equal pixels
+        return np.repeat(np.array(v, np.float32).reshape(-1, 1, 1, 1), 2, axis=3)
+
     noise, samples, latents = col([0, 1, 2, 3]), col([0.1, 1.5, 5, 9]), col([5, 9, 0.1, 1.5])
     res = analysis.assignment_stats(noise, samples, latents, divs=1, top=3).to_json()
     acc = {k: v["mean"] for k, v in res["accuracy"].items()}

@@ -78,8 +78,8 @@ def load(run_dir, name):
 
 
 def run_mtimes(runs_dir):
-    return {d: os.path.getmtime(os.path.join(root, d, "samples.npy"))
-            for root, dirs, _ in os.walk(runs_dir) for d in dirs if os.path.exists(os.path.join(root, d, "samples.npy"))}
+    return {d: os.path.getmtime(os.path.join(root, d, "samples.npy")) for root, dirs, _ in os.walk(runs_dir)
+            for d in dirs if os.path.exists(os.path.join(root, d, "samples.npy"))}
 
 
 def check_inputs_and_statistics(res, per_sample):

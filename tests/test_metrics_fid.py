@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jtaba.metrics.fid import (KEY_F_SCORE, KEY_KID_MEAN, KEY_KID_STD, KEY_PRECISION, KEY_RECALL, feature_statistics,
-                               fid_from_features, frechet_distance, kid, knn_radii, precision_recall)
+from jtaba.metrics.fid import (
+    KEY_F_SCORE,
+    KEY_KID_MEAN,
+    KEY_KID_STD,
+    KEY_PRECISION,
+    KEY_RECALL,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    kid,
+    knn_radii,
+    precision_recall,
+)
 
 
 class _LegacyLinalg:
