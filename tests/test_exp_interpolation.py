@@ -311,3 +311,23 @@ def test_train_reference_not_prepared_is_one_line(tmp_path):
         reference_images("train", tag="adm32", size=32, data_dir=str(tmp_path))
     with pytest.raises(ReferenceUnavailable, match="no known training set"):
         reference_images("train", tag="model", size=8)
+
+
+def test_torch_fidelity_scores_in_upstream_argument_order():
+    """eval_fids.py: torch_fidelity.calculate_metrics(input1=reference, input2=generated); its prc treats input1 as
+    the generated set, so the published precision is the share of reference images inside the generated manifold."""
+    torch = pytest.importorskip("torch")
+    from convert.common import import_torchvision
+
+    import_torchvision()
+    prc = pytest.importorskip("torch_fidelity.metric_prc")
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(60, 16)).astype(np.float32)
+    gen = (0.7 * rng.normal(size=(50, 16)) + 0.3).astype(np.float32)
+    want = prc.prc_features_to_metric(torch.from_numpy(ref), torch.from_numpy(gen), prc_neighborhood=3,
+                                      prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    got = ip.scores({"pr": ref}, {"pr": gen}, "torch-fidelity")
+    assert got["fid"] is None and 0 < want["precision"] < want["recall"]
+    assert (got["precision"], got["recall"]) == pytest.approx((want["precision"], want["recall"]), abs=1e-7)
+    default = ip.scores({"pr": ref}, {"pr": gen}, "pytorch-fid")  # the usual order: precision of the generated set
+    assert (default["precision"], default["recall"]) == pytest.approx((want["recall"], want["precision"]), abs=1e-7)
