@@ -4,6 +4,8 @@ interpolations (paper Sec. 4.1, Fig. 5, App. F.1 Tab. 12).
     python -m experiments.interpolation                          # the built-in default model, quick settings
     python -m experiments.interpolation --model=adm32 --n=10240 --steps=100 --reference=cifar10_train.npy
     python -m experiments.interpolation --forward-before=1,2,3,5 # Tab. 12: latents with the first K steps replaced
+    python -m experiments.interpolation --model=dit --steps=50 --swap-steps=3 --forward-level=upstream \
+        --fid-protocol=torch-fidelity --reference=train         # Tab. 12 as published (--paper sets these)
 
 Two independent sets: A (seed --seed) and B (seed --seed-b, upstream 420), each sampled, inverted with DDIM and
 reconstructed (``jtaba.runs``, reused when finished; class-conditional models: B and every interpolation use A's
@@ -508,7 +510,12 @@ def markdown(result: dict) -> str:
     for m, why in result["skipped"].items():
         reasons.setdefault(why, []).append(m)
     foot += [f"skipped {', '.join(ms)}: {why}" for why, ms in reasons.items()]
-    return "\n".join(lines + [""] + tab + [""] + foot)
+    foot.append("Columns: source = what was interpolated (the noise, the DDIM latents, or latents whose first K "
+                "inversion steps were replaced); α = the SLERP weight of the pair's second end; FID, Precision and "
+                "Recall (k = 3) of the generated images against the reference; input norm = mean over pairs of "
+                "||x|| / sqrt(D) of the interpolated inputs; input KL = KL(N(0, 1) || the Gaussian fitted to all "
+                "input elements); pixel sd = mean per-image pixel standard deviation of the generated images.")
+    return "\n".join(lines + [""] + tab + [""] + ["\n\n".join(foot)])
 
 
 def write_outputs(result: dict, out: str) -> dict:
