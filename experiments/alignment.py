@@ -289,6 +289,12 @@ def markdown(result: dict) -> str:
     for r in rows:
         lines.append(f"| {r['step']} | " + " | ".join(f"{r[key + '_mean']:.4g} ± {r[key + '_std']:.2g}"
                                                        for _, key in cols) + " |")
+    lines += ["", "Columns (each checkpoint's samples of the fixed noise against the final checkpoint's): CLIP-I, "
+                  "DINO, Inception = mean cosine of the pairs' CLIP image, DINO and Inception features; SVCCA, CKA = "
+                  "of the min-max scaled pixel sets (DINO / CLIP CKA, SVCCA: of those features); SSIM, PSNR = per "
+                  "image pair "
+                  "as upstream (cv2 PSNR with R = 255 on [0, 1] images); kNN = overlap of the pairs' k nearest "
+                  "neighbours in the two sets."]
     lines += [f"\nskipped {role}: {reason}" for role, reason in result["skipped"].items()]
     return "\n".join(lines)
 

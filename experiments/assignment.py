@@ -46,6 +46,9 @@ from jtaba.analyses import assignment as analysis
 from jtaba.runs import StandardOptions
 
 DIRECTIONS = analysis.DIRECTIONS
+ARROW_DEFINITIONS = ("Columns: image → noise = % of samples whose nearest noise (mean squared distance, within a "
+                     "chunk) is their own; noise → image = % of noises whose nearest sample is their own; image → "
+                     "latent and latent → image likewise with the latents.")
 ARROWS = {"image_to_noise": "image → noise", "noise_to_image": "noise → image",
           "image_to_latent": "image → latent", "latent_to_image": "latent → image"}
 
@@ -152,7 +155,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {t} | " + " | ".join(_pm(r["accuracy"][k]) for k in DIRECTIONS) + " |")
     lines.append("")
     lines.append(f"Accuracy (%) of the L2 nearest assignment, mean ± sd over {result['divs']} chunks of "
-                 f"{result['chunk']} pairs (N = {result['n']}).")
+                 f"{result['chunk']} pairs (N = {result['n']}). {ARROW_DEFINITIONS}")
     for r in result["rows"]:
         a = r["attractors"]
         best = {k: (a[k]["count"] or [0])[0] for k in ("noise", "latent")}

@@ -162,7 +162,11 @@ def markdown(result: dict) -> str:
     k, p = result["top_k"], result["patch_size"]
     note = (f"Mean ± std of the top-{k} |Pearson r| in {p}x{p} patches over N = {result['n']} samples"
             f"{', float16 inputs and arithmetic' if result['upstream_fp16'] else ''}.")
-    return "\n".join([head, sep, f"| {result['model']} | " + " | ".join(cells) + " |", "", note])
+    columns = ("Columns: the noise x_T, the latents x̂_T (DDIM inversions of the samples) and the samples x_0"
+               + ("; null (Gaussian) = the same metric on fresh standard Gaussian sets of the noise's shape (mean "
+                  "over sets, sd over sets in brackets): at this N, values near it are chance." if null is not None
+                  else "."))
+    return "\n".join([head, sep, f"| {result['model']} | " + " | ".join(cells) + " |", "", note, "", columns])
 
 
 def write_outputs(result: dict, out: str) -> dict:

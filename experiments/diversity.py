@@ -440,9 +440,14 @@ def markdown(result: dict) -> str:
              f"(source cond_seed {result['source_cond_seed']}, target {result['target_cond_seed']}); metrics of "
              f"each target generation against its source image; CLIP-T: cosine with the source (p_s) / target "
              f"(p_t) prompt; forward level {result['forward_level']}.")]
+    foot.append("Rows: the starting point of the target generations: the ground-truth noise, the DDIM latents (ø), "
+                "or latents whose first K inversion steps used the ground-truth ε (ε swap) or forward diffusion. "
+                "Columns (mean ± std over pairs): DreamSim and LPIPS distances (higher: more diverse), SSIM and PSNR "
+                "(upstream conventions; lower: more diverse), DINO cosine (lower: more diverse), CLIP-T cosine with "
+                "the source prompt p_s (lower: better edit) and the target prompt p_t (higher: better edit).")
     foot += [f"skipped {m}: {why}" for m, why in result["skipped"].items()]
     foot += result["notes"]
-    return "\n".join(lines + [""] + foot)
+    return "\n".join(lines + [""] + ["\n\n".join(foot)])
 
 
 def plot(result: dict, path: str) -> str:

@@ -227,7 +227,10 @@ def markdown(result: dict) -> str:
                                  f"{result['tested_elements']} {_how(result)} per sample, accepted when "
                                  f"p > {result['p_value']:g}."
                              + (" The noise is Gaussian: its rejection rate is the test's own (repeated values "
-                                "from the draw with replacement inflate it)." if result["with_replacement"] else "")])
+                                "from the draw with replacement inflate it)." if result["with_replacement"] else ""),
+                             "", f"Columns: n_rej / %_rej = samples (and their percentage of N) whose Shapiro-Wilk "
+                                 f"p-value is at most {result['p_value']:g}, rejected as Gaussian; n_acc / %_acc = "
+                                 "the others."])
 
 
 def write_outputs(result: dict, out: str) -> dict:

@@ -160,7 +160,11 @@ def markdown(result: dict) -> str:
                     f"{_f(v['std_non_plain'])} |")
     note = (f"Plain positions: {result['plain_fraction']:.1%} (threshold {result['threshold']:g}, N = {result['n']}, "
             f"T = {result['steps']}).")
-    return "\n".join([head, *rows, "", note])
+    columns = ("Columns: MAE = mean |noise − latent| over the plain (non-plain) positions of all samples and "
+               "channels; Std = standard deviation of the latent values there (noise row: of the noise values, the "
+               "control: the masks come from the samples the noise made). Plain: the sample's mean difference to the "
+               "next row and column is below the threshold in every channel (App. C).")
+    return "\n".join([head, *rows, "", note, "", columns])
 
 
 def write_outputs(result: dict, out: str) -> dict:

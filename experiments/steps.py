@@ -16,7 +16,7 @@ import dataclasses
 import math
 import os
 
-from experiments.assignment import ARROWS, DIRECTIONS, parse_int_list
+from experiments.assignment import ARROW_DEFINITIONS, ARROWS, DIRECTIONS, parse_int_list
 from experiments.triangles import CALC_ANGLE_KEYS, SIDES, VERTICES
 from jtaba import cli, io, plotting
 from jtaba.analyses import triangles
@@ -108,8 +108,10 @@ def markdown(result: dict) -> str:
         t10.append(f"| {r['steps']} | {angles} | {mean} | {sides} |")
         t11.append(f"| {r['steps']} | " + " | ".join(f"{r['accuracy'][k]['mean']:.1f} ± {r['accuracy'][k]['std']:.1f}"
                                                       for k in DIRECTIONS) + " |")
-    note = (f"N = {result['n']} per T; assignment accuracy (%) mean ± sd over {result['divs']} chunks of "
-            f"{result['chunk']}.")
+    note = (f"N = {result['n']} per T. First table (Tab. 10): triangle = the most probable angles at the image / "
+            f"noise / latent vertices (°, App. B); acos mean cos = the angle whose cosine is the mean cosine at each "
+            f"vertex (°); L2 = mean ± std over samples of each side. Second table (Tab. 11): assignment accuracy (%) "
+            f"mean ± sd over {result['divs']} chunks of {result['chunk']}. {ARROW_DEFINITIONS}")
     return "\n".join(t10 + [""] + t11 + ["", note])
 
 

@@ -266,6 +266,11 @@ def markdown(result: dict) -> str:
                   "|---" * (len(cols) + 1) + "|"]
         lines += [f"| {r['step']} | " + " | ".join(fmt.format(r[key]) for _, key, fmt in cols) + " |"
                   for r in rows]
+    lines += ["", "Columns: step = the checkpoint's training step; ∠ = acos of the mean cosine at the image / noise / "
+                  "latent vertex of each sample's triangle (degrees); L2 = mean distance over samples of each side; "
+                  "MSE image-reconstruction = mean squared error of the images sampled back from the latents; MAE "
+                  "noise-latent = mean |noise − latent|; acc = share of items whose nearest (mean squared distance) "
+                  "item of the other set is their own partner, over all N."]
     return "\n".join(lines)
 
 

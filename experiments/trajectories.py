@@ -111,7 +111,10 @@ def markdown(result: dict) -> str:
     lines.append("")
     lines.append(f"N = {result['n']}, T = {result['steps']}: the state after k denoising steps against "
                  f"{len(result['alphas'])} points of the noise-latent segment; the inversion column is the inversion "
-                 f"state at the same noise level (after T - k inversion steps).")
+                 f"state at the same noise level (after T - k inversion steps). Columns: nearest alpha = the point "
+                 f"of the segment nearest (mean L2) to the sampling state, 0 at the noise, 1 at the latent; mean L2 "
+                 f"to noise / latent = mean over samples of the L2 distance of the state to its noise / latent; closer "
+                 f"to noise = share of the N states nearer to their noise than to their latent.")
     return "\n".join(lines)
 
 

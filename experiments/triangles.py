@@ -23,6 +23,12 @@ from jtaba.runs import StandardOptions
 
 VERTICES = analysis.VERTICES
 CALC_ANGLE_KEYS = {"image": "mean_cossim_img", "noise": "mean_cossim_noise", "latent": "mean_cossim_latent"}
+COLUMN_DEFINITIONS = (
+    "Columns: the vertices of each sample's triangle: its image x_0, its noise x_T and its latent x̂_T (the DDIM "
+    "inversion of x_0). Rows: most probable angle = the integer angles (1° bins) of the triangle with the highest "
+    "joint probability of its three angles, summing to 180° (App. B); acos of mean cosine = the angle whose cosine is "
+    "the mean over samples of the cosine at that vertex (upstream calc_angles). Mean L2 distances: mean ± std over "
+    "samples of each side.")
 SIDES = {("noise", "latent"): "noise_lat", ("image", "latent"): "img_lat", ("image", "noise"): "img_noise"}
 
 
@@ -118,7 +124,7 @@ def markdown(result: dict) -> str:
     rows = ["| most probable angle (°) | " + " | ".join(str(tri.get(k, "-")) for k in VERTICES) + " |",
             "| acos of mean cosine (°) | " + " | ".join(f"{ang[CALC_ANGLE_KEYS[k]]:.1f}" for k in VERTICES) + " |"]
     sides = ", ".join(f"{u}-{v} {d[f'mean_l2_{key}']:.2f} ± {d[f'std_l2_{key}']:.2f}" for (u, v), key in SIDES.items())
-    return "\n".join([head, *rows, "", f"Mean L2 distances: {sides}."])
+    return "\n".join([head, *rows, "", f"Mean L2 distances: {sides}.", "", COLUMN_DEFINITIONS])
 
 
 def write_outputs(result: dict, out: str) -> dict:

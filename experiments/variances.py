@@ -119,8 +119,11 @@ def markdown(result: dict) -> str:
             f"| global variance | {var['latents']['global']:.4f} | {var['noise']['global']:.4f} |",
             f"| mean per-sample variance | {var['latents']['mean_per_sample']:.4f} | "
             f"{var['noise']['mean_per_sample']:.4f} |"]
-    return "\n".join(rows + ["", f"{result['model']}, N = {result['n']}, T = {result['steps']}; unbiased variances "
-                                 "over all elements (global) and per sample over C·H·W (averaged)."])
+    return "\n".join(rows + ["", f"{result['model']}, N = {result['n']}, T = {result['steps']}. Columns: the latents "
+                                 "x̂_T and the noise x_T they should recover (standard Gaussian: variance 1). Rows: "
+                                 "global variance = unbiased variance over all N·C·H·W elements; mean per-sample "
+                                 "variance = mean over samples of each sample's unbiased variance over its C·H·W "
+                                 "elements."])
 
 
 def write_outputs(result: dict, out: str) -> dict:
