@@ -203,6 +203,16 @@ def out_parts(opts: Options) -> tuple:
     return f"thr{opts.threshold:g}", f"early{opts.early_fraction:g}"
 
 
+def unavailable(ws, opts: Options) -> str | None:
+    """Why the model cannot run it at these steps (no teacher-forced step after the first), else None:
+    ``experiments.reproduce`` lists it as skipped."""
+    try:
+        measured_steps(ws.model.diffusion.kind, opts.steps)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def network_passes(ws, opts: Options) -> int:
     """Sampling (recorded) and the teacher-forced inversion."""
     return 2
@@ -212,7 +222,7 @@ ANALYSIS = cli.Analysis(
     name="approximation_error", paper_ref="Sec. 3.4, Tab. 6, App. D, Fig. 4", options_class=Options,
     build_parser=build_parser, compute=compute, write_outputs=write_outputs, markdown=markdown,
     options_from_args=options_from_args, out_parts=out_parts, network_passes=network_passes, console=report,
-    own_sizes=("n",),
+    unavailable=unavailable, own_sizes=("n",),
     sizes_note="every step of sampling and of the teacher-forced inversion is recorded (N x T states each)",
 )
 main = cli.analysis_main(ANALYSIS)
