@@ -170,3 +170,25 @@ def test_every_table_of_the_family(family, tmp_path):
         swap_runs = [r["run"] for m in swap["methods"].values() for r in m["rows"] if "run" in r]
         assert swap_runs and {open_run(p).identity["prompt_embeds"] for p in [run.path, *swap_runs]} == {digest}
     print(f"{family}: {time.time() - start:.0f} s")
+
+
+def test_paper_preset(tmp_path):
+    """--paper: the family's settings where no flag sets them (a flag wins), the analysis's own (Tabs. 10-11's T
+    list), what differs from the paper's; IF without its prompt embeddings is refused in one line."""
+    from experiments import steps
+    from jtaba import cli, paper
+
+    ckpt = save_tiny_dit_checkpoint(tmp_path / "dit")
+    argv = ["--ckpt", ckpt, "--paper", "--n", "64"]
+    args = steps.build_parser().parse_args(argv)
+    settings = cli.apply_paper(args, argv)
+    assert (args.n, args.steps, args.seed, args.class_seed, args.noises_per_class, args.guidance) == \
+        (64, 100, 420, 10, 8, 1.0)
+    opts = cli.paper_options("steps", steps.ANALYSIS.options(args), settings, argv)
+    assert opts.all_steps == (10, 50, 100, 500, 1000) and opts.class_seed == 10
+    used = {k: getattr(args, k) for k in settings.run}
+    assert paper.differences(used, settings) == ["n 64 (paper: 10240)"]
+    ckpt_if, _ = save_tiny_if_checkpoint(tmp_path / "if", 2)
+    argv = ["--ckpt", ckpt_if, "--paper"]
+    with pytest.raises(ValueError, match="--paper on IF needs --prompt-embeds"):
+        cli.apply_paper(steps.build_parser().parse_args(argv), argv)
