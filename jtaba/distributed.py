@@ -34,14 +34,16 @@ def _several(value: str | None) -> bool:
 def cluster_name() -> str | None:
     """The multi-process cluster this process runs in, by its environment, or None on a plain machine / a job of
     one process: "tpu" (several TPU workers: TPU_WORKER_HOSTNAMES / TPU_PROCESS_ADDRESSES with several hosts, or
-    MEGASCALE_COORDINATOR_ADDRESS), "slurm" (SLURM_JOB_ID with SLURM_NTASKS > 1 and the step's node list), "ompi"
+    MEGASCALE_COORDINATOR_ADDRESS), "slurm" (SLURM_JOB_ID with SLURM_NTASKS > 1, a step of more than one task and
+    the step's node list), "ompi"
     (OMPI_COMM_WORLD_SIZE > 1 with its ORTE URI) or "kubernetes" (a JobSet / indexed Job with the kubernetes package
     JAX needs)."""
     env = os.environ
     if (_several(env.get("TPU_WORKER_HOSTNAMES")) or _several(env.get("TPU_PROCESS_ADDRESSES"))
             or env.get("MEGASCALE_COORDINATOR_ADDRESS")):
         return "tpu"
-    if env.get("SLURM_JOB_ID") and _int_env("SLURM_NTASKS") > 1 and all(
+    # a job step (srun) of several tasks; sbatch's batch script (one task of its own step) runs alone
+    if env.get("SLURM_JOB_ID") and _int_env("SLURM_NTASKS") > 1 and _int_env("SLURM_STEP_NUM_TASKS") != 1 and all(
             k in env for k in ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")):
         return "slurm"
     if _int_env("OMPI_COMM_WORLD_SIZE") > 1 and "OMPI_MCA_orte_hnp_uri" in env:

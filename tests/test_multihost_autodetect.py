@@ -12,8 +12,9 @@ from tests.processes import finish, free_port, spawn
 from tests.test_exp_triangles import save_tiny_checkpoint
 
 N, STEPS = 8, 2
-CLUSTER_VARS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID",
-                "OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+CLUSTER_VARS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+                "SLURM_LOCALID", "OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES",
+                "TPU_PROCESS_ADDRESSES",
                 "MEGASCALE_COORDINATOR_ADDRESS", "KUBERNETES_SERVICE_HOST", "JOBSET_NAME", "JOB_COMPLETION_INDEX")
 
 
@@ -36,6 +37,9 @@ def test_cluster_detection(plain_env):
     assert distributed.cluster_name() is None  # a SLURM job of one task runs alone
     plain_env.setenv("SLURM_NTASKS", "4")
     assert distributed.cluster_name() == "slurm"
+    plain_env.setenv("SLURM_STEP_NUM_TASKS", "1")  # sbatch's batch script in a 4-task allocation: alone
+    assert distributed.cluster_name() is None
+    plain_env.delenv("SLURM_STEP_NUM_TASKS")
     plain_env.setenv("SLURM_NTASKS", "2")
     plain_env.delenv("SLURM_STEP_NODELIST")  # an allocation without a job step (sbatch's shell): not a task
     assert distributed.cluster_name() is None
