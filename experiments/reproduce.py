@@ -192,9 +192,11 @@ def sizes_line(analysis: cli.Analysis, opts, args, passes: int) -> str:
 
 
 def options_text(opts) -> str:
-    """The options beyond N and T (shown in the sizes line) and beyond unset inputs."""
+    """The options beyond N and T (shown in the sizes line), unset inputs and empty lists (defaults derived from
+    others, such as steps' T list)."""
     unset = {k for k in INPUT_FIELDS if getattr(opts, k, None) == getattr(StandardOptions, k, None)}
-    return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(opts).items() if k not in {"n", "steps", *unset})
+    return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(opts).items()
+                     if k not in {"n", "steps", *unset} and v != ())
 
 
 def measured_space(model) -> str:
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> str:
     total = time.time() - started
     summary["seconds"] = round(total, 1)
     io.write_json(os.path.join(out, "report.json"), summary)
-    head = summary_block(ws, args, argv, summary["analyses"], total, train_names) + paper_line(ws, args) + "\n"
+    head = f"{summary_block(ws, args, argv, summary['analyses'], total, train_names)}\n{paper_line(ws, args)}\n"
     io.write_text(os.path.join(out, "report.md"), "\n".join([head, *sections]))
     print(f"wrote {out}/report.md ({len(names)} analyses, {total / 60:.1f} min)")
     return out
