@@ -1,5 +1,7 @@
 """The one DDIM engine: sampling, inversion, ground-truth swap and forward-diffusion replacement as a single
 ``jax.lax.scan`` over a ``StepTable`` (see ``jtaba.schedules``). Arrays here are NHWC; the public API converts.
+The other inversion methods (``jtaba.inverters``: a step rule, its carried state and a coefficient table each) run
+in ``run_method``, one scan over their table with the same network evaluation (``predict_eps``).
 
 A step (loop index i, table row r):
     eps   = network(x, r.label)[..., :C]          (classifier-free guidance when enabled: ``guide``)
@@ -218,16 +220,16 @@ def _method_loop(spec: LoopSpec, params, x, paired, cond, null_cond, guidance, d
         k, more = inputs
         row = jax.tree.map(lambda v: v[k], table)
         c, rec = rule(k, row, c) if extra is None else rule(k, row, c, more)
-        return c, (rec if (spec.record or keep_maps) else None)
+        return c, (rec[:3] if spec.record else None, rec[3] if keep_maps else None)
 
     start = carry
-    carry, rec = jax.lax.scan(body, carry, (order, order if extra is None else extra))
+    carry, (rec, maps) = jax.lax.scan(body, carry, (order, order if extra is None else extra))
     if name == "edict":
         out, pair = carry
     elif name in ("bdia", "belm"):  # inverted: (x_1, x_0), the latent x_0; sampled: (x_{T-1}, x_T)
         out, pair = carry[1], (carry[0] if spec.invert else None)
     elif name == "ddpm" and spec.invert:
-        out, pair = start, rec[0]  # the latent x_0 and the noise map of every step (sampling order)
+        out, pair = start, maps  # the latent x_0 and the noise map of every step (sampling order)
     else:
         out, pair = carry, None
     return out, pair, (Record(*rec) if spec.record else None)

@@ -54,7 +54,7 @@ class Method:
     ddpm inversion's noise draws (per sample index and step)."""
     name: str = "ddim"
     mix: float = 0.93
-    gamma: float = 0.5
+    gamma: float = 1.0  # guoqiang-zhang-x/BDIA BDIA_stablediffusion's; γ < 1 amplifies inversion by 1/γ a step
     iterations: int = 5
     anderson: int = 0
     average: int = 0
@@ -170,7 +170,8 @@ def method_table(cfg: DiffusionConfig, steps: int, method: Method) -> MethodTabl
 
 
 # ---- step rules ------------------------------------------------------------------------------------------------
-# ``eps_fn(x, label)`` is the network ε (guided when the loop is); each rule returns (carry, (state, ε, x0)).
+# ``eps_fn(x, label)`` is the network ε (guided when the loop is); each rule returns (carry, (state, ε, x0)), the
+# ddpm inversion (carry, (state, ε, x0, noise map)).
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -298,7 +299,7 @@ def ddpm_invert(eps_fn: EpsFn, k, row, x, target):
     mean = row.ddim_x * x + row.ddpm_eps * e
     z = (target - mean) / row.ddpm_noise
     new = mean + row.ddpm_noise * z
-    return new, (z, e, _x0(row, x, e))
+    return new, (new, e, _x0(row, x, e), z)
 
 
 def ddpm_draws(seed: int, indices: jax.Array, shape: tuple, steps: int) -> jax.Array:
