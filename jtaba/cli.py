@@ -190,7 +190,7 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
                    help="how latents are inverted and reconstructed: ddim (the paper), edict, bdia, belm, ddpm "
                         "(exact round trips), fixed-point, npi (conditional models)")
     for flag, name, kind, text in (("--edict-mix", "mix", float, "edict: mixing weight p (default 0.93)"),
-                                   ("--bdia-gamma", "gamma", float, "bdia: gamma (default 0.5)"),
+                                   ("--bdia-gamma", "gamma", float, "bdia: gamma (default 1.0)"),
                                    ("--fixed-point-iterations", "iterations", int,
                                     "fixed-point: network calls per inversion step (default 5)"),
                                    ("--anderson-window", "anderson", int,
