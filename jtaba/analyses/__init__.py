@@ -1,13 +1,19 @@
-"""The paper's analyses as a library: one module per analysis, functions over arrays (N, C, H, W) or a finished
-``jtaba.runs.Run``, returning frozen dataclasses with the table's fields (``to_json()`` gives the dict the
-``experiments`` commands write).
+"""The paper's analyses as a library: one module per analysis, functions over arrays (N, C, H, W) or finished
+``jtaba.runs.Run`` s, returning frozen dataclasses with the table's fields (``to_json()`` gives the dict the
+``experiments`` commands write) or, for the per-checkpoint / per-run rows, plain dicts.
 
     import jtaba
     from jtaba import runs
-    from jtaba.analyses import triangles
+    from jtaba.analyses import correlations, triangles
     r = runs.run(jtaba.load("default"), runs.RunSettings(n=64, steps=10))
-    stats = triangles.of_run(r)               # Tab. 3: most probable triangle, mean angles, L2 distances
-    stats.most_probable_triangle.angles       # (latent, image, noise) degrees
+    stats = triangles.of_run(r)               # Tab. 3: stats.most_probable_triangle.latent / .image / .noise
+    table = correlations.of_run(r)            # Tab. 2: table.correlation["latents"].mean, table.null
 
-The ``experiments.<name>`` commands add flags, figures and the JSON / CSV / markdown writing on top.
+Modules (paper reference; result): ``triangles`` (Sec. 3.3, Tab. 3; TriangleStats), ``correlations`` (Sec. 3.2,
+Tab. 2; CorrelationTable), ``variances`` (Tab. 4; VarianceTable), ``normality`` (Fig. 2; NormalityTable), ``plain``
+(Tab. 5; PlainTable), ``assignment`` (Sec. 4.3, Tab. 8, Tab. 11; AssignmentStats), ``approximation_error``
+(Sec. 3.4, Tab. 6; ApproximationErrors), ``trajectories`` (Fig. 3; TrajectoryTable), ``precision``
+(PrecisionTable), ``swap`` (Sec. 5, Tab. 9 rows), ``interpolation`` (Sec. 4.1, Tab. 12 scores), ``diversity``
+(Sec. 4.2, Tab. 7 / 13 scores), ``training_dynamics`` (App. G.1 / G.2 rows), ``alignment`` (App. G.3 rows).
+The ``experiments.<name>`` commands make the runs and add flags, figures and the JSON / CSV / markdown writing.
 """
