@@ -182,6 +182,7 @@ def final_file_problem(directory: str, files: dict) -> tuple[str, str] | None:
         cache = io.read_json(cache_path)
     except (OSError, ValueError):
         cache = {}
+    cache = cache if isinstance(cache, dict) else {}
     changed = False
     for name, rec in sorted(files.items()):
         path = os.path.join(directory, name)
