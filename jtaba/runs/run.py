@@ -24,6 +24,7 @@ from jtaba import distributed, engine, io, sharding
 from jtaba import noise as noise_lib
 from jtaba.api import Swap, decode, invert, sample
 from jtaba.inverters import PAIRED as PAIRED_METHODS
+from jtaba.inverters import check_model as check_method
 from jtaba.model import Model, replicate
 from jtaba.runs.fingerprint import model_digest, settings_digest
 from jtaba.runs.reader import METRICS, Run, RunNotFinished, find_run
@@ -158,6 +159,9 @@ def _check_model(model: Model, s: RunSettings) -> bool:
         raise ValueError(f"prompt embeddings given, but this {model.family} model is not text-conditioned")
     if (s.labels is not None or s.class_seed is not None) and not class_cond:
         raise ValueError(f"class labels given, but this {model.family} model is not class-conditional")
+    method_problem = check_method(s.inverter(), model.conditional)
+    if method_problem:
+        raise ValueError(method_problem)
     if s.guidance != 1.0 and not model.conditional:
         raise ValueError("guidance needs a conditional model (classifier-free guidance)")
     if s.schedule_dtype and model.diffusion.kind != "diffusers":
