@@ -81,10 +81,10 @@ def compute(ws, opts: Options) -> dict:
     """Record a sampling run and the teacher-forced inversion of its samples (or reuse them), then the errors."""
     diffusion = ws.model.diffusion
     s = measured_steps(diffusion.kind, opts.steps)
-    truth_run = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False))
+    truth_run = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False), "recorded sampling")
     # x_t swap of steps 0..s-2: step i (i >= 1) starts from the ground-truth state, step 0 from the final sample
     inv_run = ws.run(opts.run_settings(record=True, reconstruction=False, swap_from=truth_run, swap_before=s - 1,
-                                       swap_type="xt"))
+                                       swap_type="xt"), "teacher-forced inversion")
     err = analysis.of_runs(diffusion, opts.steps, truth_run, inv_run, opts.threshold, opts.early_fraction)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "threshold": opts.threshold, "early_fraction": opts.early_fraction, "early_steps": err.early_steps,

@@ -371,13 +371,14 @@ def compute(ws, opts: Options) -> dict:
             extra = ({"swap_from": source, "swap_before": k, "swap_type": SWAP_TYPE} if method == "swap" else
                      {"samples": source["samples"], "noise": source["noise"], "forward_before": k,
                       "forward_level": opts.forward_level, "forward_seed": opts.forward_seed})
-            run = ws.run(RunSettings(**base, **src_cond, **extra, reconstruction=False))
+            run = ws.run(RunSettings(**base, **src_cond, **extra, reconstruction=False), f"{method} K={k}")
             starts.append((f"{method}_{k}", method, k, run, "latents"))
 
     source_images = run_images(source)
     columns = []
     for name, method, k, start, array in starts:
-        target = ws.run(RunSettings(**base, **tgt_cond, noise=start[array], inversion=False, reconstruction=False))
+        target = ws.run(RunSettings(**base, **tgt_cond, noise=start[array], inversion=False, reconstruction=False),
+                        f"target from {name}")
         images = run_images(target)
         scores = pair_scores(nets, images, source_images, opts.batch)
         if text_emb is not None:

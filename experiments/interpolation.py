@@ -283,10 +283,11 @@ def compute(ws, opts: Options) -> dict:
             opts.reference, tag=ws.tag, size=run_a[image_name(run_a, "samples")].shape[-1], n=opts.n_reference,
             train_extras=ws.model.extras.get("train"))
     labels = {"labels": run_a["conds"], "class_seed": None} if class_cond else {}  # B, interpolants: A's classes
-    run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, **labels))  # B: noise of seed_b
+    run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, **labels), "set B")  # seed_b
     sets = {"a": (run_a, opts.seed, opts.forward_seed), "b": (run_b, opts.seed_b, opts.forward_seed_b)}
     forward = {k: {key: ws.run(opts.run_settings(seed=seed, samples=r["samples"], forward_before=k, forward_seed=fs,
-                                                 forward_level=opts.forward_level, **labels))
+                                                 forward_level=opts.forward_level, **labels),
+                               f"set {key} forward K={k}")
                    for key, (r, seed, fs) in sets.items()} for k in opts.forward_before}
     swap, records = {}, {}
     if opts.swap_steps:  # the ground truth: every sampling step of each set's noise, then the ε-swapped inversions
@@ -309,7 +310,8 @@ def compute(ws, opts: Options) -> dict:
                 inputs, name = run[field], image_name(run, endpoint)
             else:
                 inputs = interpolate(ra[field], rb[field], alpha, opts.upstream_slerp)
-                run = ws.run(opts.run_settings(noise=inputs, inversion=False, reconstruction=False, **labels))
+                run = ws.run(opts.run_settings(noise=inputs, inversion=False, reconstruction=False, **labels),
+                             f"{source} α={alpha:.2f}")
                 name = image_name(run, "samples")
             rows.append({"source": source, "k": forward_k(source), "alpha": alpha,
                          "tag": alpha_tag(alpha), "run": run.path, "images": name, **input_statistics(inputs),

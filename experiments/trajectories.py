@@ -73,8 +73,8 @@ def inversion_settings(opts: Options, sampling_run):
 
 def compute(ws, opts: Options) -> dict:
     """The recorded sampling and inversion runs (reused when finished), then the distance table."""
-    sampling = ws.run(sampling_settings(opts))
-    inversion = ws.run(inversion_settings(opts, sampling))
+    sampling = ws.run(sampling_settings(opts), "recorded sampling")
+    inversion = ws.run(inversion_settings(opts, sampling), "recorded inversion")
     table = analysis.of_runs(sampling, inversion, opts.alphas)
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "sampling_run": sampling.path, "inversion_run": inversion.path, **table.to_json()}
