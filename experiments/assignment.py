@@ -61,6 +61,10 @@ class Options(StandardOptions):
     invert_from: int | None = None
     top: int = 8
 
+    def __post_init__(self):  # checked once, for the command and for Options made in Python (reproduce)
+        if self.divs < 1 or self.n // self.divs < 2:
+            raise ValueError(f"n={self.n} (--n) with divs={self.divs} (--divs) leaves chunks of fewer than 2 pairs")
+
     @property
     def all_steps(self) -> tuple[int, ...]:
         return tuple(self.steps_list) or (self.steps,)
@@ -96,8 +100,6 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
-    if args.divs < 1 or args.n // args.divs < 2:
-        raise ValueError(f"--n={args.n} with --divs={args.divs} leaves chunks of fewer than 2 pairs")
     if args.top < 1:
         raise ValueError(f"--top must be positive, got {args.top}")
     if args.invert_from is not None and args.invert_from < 1:
@@ -109,8 +111,6 @@ def options_from_args(args) -> Options:
 
 def compute(ws, opts: Options) -> dict:
     """One run per T (or inversions of the T0 samples), then accuracies and attractors per T."""
-    if opts.divs < 1 or opts.n // opts.divs < 2:
-        raise ValueError(f"n={opts.n} with divs={opts.divs} leaves chunks of fewer than 2 pairs")
     rows = []
     base = ws.run(opts.run_settings(steps=opts.invert_from)) if opts.invert_from else None
     for steps in opts.all_steps:

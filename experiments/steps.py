@@ -30,6 +30,10 @@ class Options(StandardOptions):
     steps_list: tuple[int, ...] = ()  # () -> 10, 20 and steps
     divs: int = 8
 
+    def __post_init__(self):  # checked once, for the command and for Options made in Python (reproduce)
+        if self.divs < 1 or self.n // self.divs < 2:
+            raise ValueError(f"n={self.n} (--n) with divs={self.divs} (--divs) leaves chunks of fewer than 2 pairs")
+
     @property
     def all_steps(self) -> tuple[int, ...]:
         return tuple(self.steps_list) or tuple(sorted({10, 20, self.steps}))
@@ -50,16 +54,12 @@ def build_parser():
 
 
 def options_from_args(args) -> Options:
-    if args.divs < 1 or args.n // args.divs < 2:
-        raise ValueError(f"--n={args.n} with --divs={args.divs} leaves chunks of fewer than 2 pairs")
     return Options(n=args.n, steps=args.steps, seed=args.seed, batch=args.batch, precision=args.precision,
                    steps_list=tuple(args.steps_list or ()), divs=args.divs)
 
 
 def compute(ws, opts: Options) -> dict:
     """The standard run per T, then triangles and assignment accuracies per T."""
-    if opts.divs < 1 or opts.n // opts.divs < 2:
-        raise ValueError(f"n={opts.n} with divs={opts.divs} leaves chunks of fewer than 2 pairs")
     rows = []
     for steps in opts.all_steps:
         run = ws.run(opts.run_settings(steps=steps))
