@@ -7,7 +7,7 @@ size, the device count or the process count (beyond float summation order), and 
 (NCHW float32 ``.npy``; trajectories (T, N, C, H, W)): noise, samples, latents, samples2, conds (class-conditional),
 decoded_samples[2] (latent models), with ``record`` every step as all_t_{,eps_,pred_xstart_}{samples,latents,
 samples2}; an inversion method other than DDIM adds what sampling needs back (``PAIRED_FILES``); metrics.json =
-{"_params": identity (+ "cmd"), "metrics": core metrics and the network evaluations per image}.
+{"_params": identity (+ "cmd"), "metrics": core metrics, "nfe_per_image": network evaluations per image}.
 """
 from __future__ import annotations
 
@@ -295,11 +295,10 @@ def _write_metrics(run: Run, ident: dict, command: Optional[Sequence[str]], deco
     if "latents" in run:
         p = "decoded_" if decoded else ""
         metrics = core_metrics(run["noise"], run["latents"], run.get(p + "samples"), run.get(p + "samples2"))
-    if ident.get("inversion"):
-        metrics["nfe_per_image"] = nfe_per_image(ident)
     params = {**ident, **({"cmd": list(command)} if command is not None else {})}
+    nfe = {"nfe_per_image": nfe_per_image(ident)} if ident.get("inversion") else {}  # beside the core metrics
     # the processes and devices it ran on: beside the identity, never in it (results do not depend on them)
-    io.write_json(os.path.join(run.path, METRICS), {"_params": params, "metrics": metrics,
+    io.write_json(os.path.join(run.path, METRICS), {"_params": params, "metrics": metrics, **nfe,
                                                     "topology": distributed.topology()})
 
 
