@@ -55,7 +55,6 @@ from experiments import (
     variances,
 )
 from jtaba import cli, io
-from jtaba.distributed import is_main
 from jtaba.runs import StandardOptions
 from jtaba.runs.settings import INPUT_FIELDS
 
@@ -286,7 +285,7 @@ def main(argv: list[str] | None = None) -> str:
                          f"{train_names}")
     ws = cli.workspace(args)
     out = cli.out_dir(args, ws.tag, "reproduce", *cli.input_parts(args))
-    writes = is_main()  # every process computes (the runs are collective); process 0 writes
+    writes = cli.writes_outputs()
     cli.warn_if_slow(args.n, args.steps, 6, "reproduce")  # the standard run, and about as much again elsewhere
     summary = {"model": ws.tag, "settings": {k: getattr(args, k) for k in STANDARD},
                "training_runs": [os.path.abspath(r) for r in args.train_runs], "analyses": {}}

@@ -315,14 +315,20 @@ def run_analysis(analysis: Analysis, argv=None) -> str:
         raise ValueError(reason)
     out = out_dir(args, ws.tag, analysis.name, *input_parts(opts), *analysis.out_parts(opts))
     result = analysis.compute(ws, opts)
-    from jtaba.distributed import is_main
-
-    if not is_main():  # every process computes (the runs are collective); process 0 writes
+    if not writes_outputs():
         return out
     analysis.write_outputs(result, out)
     print(analysis.summary(result))
     _print_written(out)
     return out
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes an analysis's tables and figures: every process computes (the runs are
+    collective), process 0 writes."""
+    from jtaba.distributed import is_main
+
+    return is_main()
 
 
 def flag_given(argv, field: str) -> bool:

@@ -7,6 +7,7 @@ fixed (LPIPS AlexNet, FID Inception), full size with random weights.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -64,7 +65,7 @@ def write_tiny_networks(models_dir, roles=("lpips", "dino", "clip"), seed: int =
         name, make_config, gain = TINY[role]
         module = importlib.import_module(name)
         config = make_config(module)
-        shapes = jax.eval_shape(lambda: module.init_params(config, seed + i))
+        shapes = jax.eval_shape(functools.partial(module.init_params, config, seed + i))
         out[role] = os.path.join(str(models_dir), default_name(role))
         save_checkpoint(out[role], {"family": module.FAMILY, "model": config.to_dict(), "diffusion": None},
                         random_params(shapes, seed + i, gain))

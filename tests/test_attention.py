@@ -23,10 +23,10 @@ def test_matches_the_manual_attention_on_cpu(dtype):
     assert ops.attention_implementation(q, k, v) is None  # CPU: XLA
     got, want = ops.attention(q, k, v, 8 ** -0.5), manual(q, k, v, 8 ** -0.5)
     assert got.dtype == dtype and got.shape == (2, 5, 3, 8)
-    tol = 0 if dtype == jnp.float32 else 1e-2
-    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
-    if dtype == jnp.float32:  # bit for bit: the parity tests against torch keep their tolerances
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # float32: the same math to the last ulp (bit for bit where XLA fuses both alike; on some CPUs, AMD EPYC with
+    # JAX 0.10.2, its fusion reorders the softmax sums: 1.2e-7 measured); the parity tests against torch keep theirs
+    rtol, atol = (1e-6, 3e-7) if dtype == jnp.float32 else (1e-2, 1e-2)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=atol, rtol=rtol)
 
 
 def test_cudnn_only_where_it_runs(monkeypatch):

@@ -13,8 +13,8 @@ import pytest
 from experiments import benchmark
 from jtaba import compilation_cache
 from jtaba.diffusion import DiffusionConfig
-from jtaba.precision import compute_dtype
 from jtaba.model import Model, build
+from jtaba.precision import compute_dtype
 
 
 @pytest.fixture

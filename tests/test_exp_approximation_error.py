@@ -13,8 +13,8 @@ import pytest
 
 import jtaba
 from experiments import approximation_error as ae
-from jtaba.analyses.approximation_error import step_arrays
 from jtaba import engine
+from jtaba.analyses.approximation_error import step_arrays
 from jtaba.diffusion import DiffusionConfig
 from jtaba.metrics import approximation_errors, early_rest_sums, early_steps
 from jtaba.runs import open_run

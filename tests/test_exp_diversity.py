@@ -38,7 +38,8 @@ def _tiny_dit():
     """(DiT config, VAE config, their param shapes, the DDIM schedule) of the golden tiny DiT pipeline with 16x16
     latents (decoded to 32x32 images) and 5 classes."""
     folder = golden_path("dit_pipeline_tiny")
-    read = lambda *p: io.read_json(os.path.join(folder, *p, "config.json"))
+    def read(*p):
+        return io.read_json(os.path.join(folder, *p, "config.json"))
     net = dit.Config.from_diffusers({**read("transformer"), "sample_size": 16, "num_embeds_ada_norm": len(ID2LABEL)})
     dec = vae.Config.from_diffusers(read("vae"))
     z, x = jnp.zeros((1, 16, 16, 4)), jnp.zeros((1, 32, 32, 3))
@@ -89,7 +90,8 @@ def oracle_scores(target, source, nets, text_emb, src_ids, tgt_ids) -> dict:
     from jtaba.metrics import clip, dino, lpips
 
     t64, s64 = np.asarray(target, np.float64), np.asarray(source, np.float64)
-    hwc = lambda x: np.moveaxis(x, 0, -1)
+    def hwc(x):
+        return np.moveaxis(x, 0, -1)
     out = {
         "ssim": [np.mean([structural_similarity(hwc(a)[..., c], hwc(b)[..., c], data_range=1) for c in range(3)])
                  for a, b in zip(t64, s64)],
@@ -207,7 +209,8 @@ def test_diversity_end_to_end(tmp_path, monkeypatch):
         assert res2["skipped"][role] == networks.convert_command(role)
     names_file = os.path.join(runs, "ckpt", "diversity", "class_names.txt")
     assert f"--prompts {names_file}" in res2["skipped"]["clip_t"]
-    assert res2["skipped"]["clip_t"].startswith("no CLIP prompt set 'class_names'; make it with: python convert/clip.py")
+    assert res2["skipped"]["clip_t"].startswith(
+        "no CLIP prompt set 'class_names'; make it with: python convert/clip.py")
     with open(names_file) as f:
         assert f.read().splitlines() == NAMES
     for c, c2 in zip(res["columns"], res2["columns"]):

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.distributions as dist
 
-from jtaba.metrics import _chunks, distribution as D
+from jtaba.metrics import _chunks
+from jtaba.metrics import distribution as D
 
 
 def _torch_kl_div(d1, d2):  # taba/metrics/normality.py::kl_div

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from convert.common import import_torchvision
-
 from tests.golden import report
 
 torch = pytest.importorskip("torch")
@@ -30,7 +29,7 @@ def randomize(model, seed):
     drawn away from their identity defaults, a random fc."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, m in model.named_modules():
+        for _name, m in model.named_modules():
             if isinstance(m, torch.nn.Conv2d):
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from convert.common import import_torchvision
-
 from tests.golden import report
 
 torch = pytest.importorskip("torch")

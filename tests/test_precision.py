@@ -8,7 +8,7 @@ import pytest
 
 import jtaba
 from jtaba import engine, precision, runs
-from tests.test_sample_invert import N, SHAPE, T, tiny_adm
+from tests.test_sample_invert import SHAPE, N, T, tiny_adm
 
 # jax's names in the lowered StableHLO for each choice (default_matmul_precision "highest" / "tensorfloat32" /
 # "default"); bfloat16 also computes in bfloat16.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import sample_invert
-from tests.test_sample_invert import N, SHAPE, T, tiny_adm
+from tests.test_sample_invert import SHAPE, N, T, tiny_adm
 
 BASE = ["--n", str(N), "--steps", str(T), "--batch", "2", "--no-reconstruction"]
 

@@ -13,7 +13,7 @@ import experiments
 import jtaba
 from jtaba import home, io, runs
 from jtaba.runs.fingerprint import array_digest, model_digest
-from tests.test_sample_invert import N, SHAPE, T, tiny_adm
+from tests.test_sample_invert import SHAPE, N, T, tiny_adm
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import processes
-from tests.processes import finish, free_port
-
 import jtaba
 from experiments import sample_invert
 from jtaba import noise as noise_lib
 from jtaba import sharding
-from jtaba.runs import store
 from jtaba.checkpoint import save_checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.io import finite_json
 from jtaba.metrics.core import core_metrics
 from jtaba.model import replicate
-from jtaba.schedules import adm_spaced
 from jtaba.models.adm import Config, Network
+from jtaba.runs import store
+from jtaba.schedules import adm_spaced
+from tests import processes
+from tests.processes import finish, free_port
 
 N, T, SHAPE = 5, 3, (3, 8, 8)
 ATOL = 2e-4  # measured: <= 5e-5 between layouts (all_t_pred_xstart_samples2, after 9 network calls)

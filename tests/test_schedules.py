@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from jtaba.diffusion import DiffusionConfig
-from jtaba.schedules import (adm_labels, adm_spaced, alphas_cumprod, diffusers_timesteps, space_timesteps,
-                             step_tables)
+from jtaba.schedules import adm_labels, adm_spaced, alphas_cumprod, diffusers_timesteps, space_timesteps, step_tables
 from tests.golden import load_json, load_npz
 
 COS4000 = DiffusionConfig(kind="adm", beta_schedule="cosine", num_train_timesteps=4000, rescale_timesteps=True)

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jtaba import noise, sharding
 from tests import processes
 from tests.processes import finish, free_port
-
-from jtaba import noise, sharding
 
 SHAPE = (3, 8, 8)
 
@@ -84,9 +83,13 @@ def test_padding_and_slicing_keep_every_sample():
 
 
 def test_any_batch_size_gives_identical_results(reference):
+    """Bitwise on most CPUs; where XLA's CPU convolution picks a batch-dependent blocking (AMD EPYC, JAX 0.10.2:
+    6e-8 after three conv + tanh steps) equal to float order only. The noise is bitwise equal everywhere."""
     mesh = sharding.data_mesh(jax.devices()[:1])
-    for got, ref in zip(run(13, 5, mesh), reference):
-        np.testing.assert_array_equal(got, ref)
+    got = run(13, 5, mesh)
+    np.testing.assert_array_equal(got[2], reference[2])
+    for a, ref in zip(got[:2], reference[:2]):
+        np.testing.assert_allclose(a, ref, rtol=1e-6, atol=2e-7)
 
 
 @pytest.mark.slow

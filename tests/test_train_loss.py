@@ -12,7 +12,8 @@ from jtaba.train import diffusion_loss as dl
 
 # ---- float64 oracle, written from guided_diffusion/gaussian_diffusion.py + losses.py ----
 def ref_cosine_betas(n):
-    f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+    def f(s):
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
     return np.array([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)])
 
 
@@ -25,7 +26,8 @@ def ref_loss_terms(betas, x0, t, noise, model_out, rescale):
     post_logvar = np.log(np.append(post_var[1], post_var[1:]))
     c1 = betas * np.sqrt(ac_prev) / (1 - ac)
     c2 = (1 - ac_prev) * np.sqrt(alphas) / (1 - ac)
-    e = lambda a: a[t][:, None, None, None]
+    def e(a):
+        return a[t][:, None, None, None]
     xt = np.sqrt(e(ac)) * x0 + np.sqrt(1 - e(ac)) * noise
     eps, v = model_out[..., :3], model_out[..., 3:]
     true_mean = e(c1) * x0 + e(c2) * xt
@@ -37,7 +39,8 @@ def ref_loss_terms(betas, x0, t, noise, model_out, rescale):
     kl = 0.5 * (-1 + model_logvar - true_logvar + np.exp(true_logvar - model_logvar)
                 + (true_mean - model_mean) ** 2 * np.exp(-model_logvar))
     kl = kl.mean(axis=(1, 2, 3)) / np.log(2)
-    cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+    def cdf(z):
+        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
     inv_std = np.exp(-0.5 * model_logvar)
     cplus = cdf(inv_std * (x0 - model_mean + 1 / 255))
     cmin = cdf(inv_std * (x0 - model_mean - 1 / 255))
@@ -92,8 +95,9 @@ def test_vb_trains_only_the_variance_half():
     x0, t, noise, out = _case(1)
     s = dl.make_schedule(adm_betas("cosine", 4000))
     xt = dl.q_sample(s, jnp.float32(x0), jnp.int32(t), jnp.float32(noise))
-    f = lambda o: jnp.sum(dl.hybrid_loss_terms(s, o, jnp.float32(x0), xt, jnp.int32(t), jnp.float32(noise),
-                                               True)["loss"])
+    def f(o):
+        return jnp.sum(dl.hybrid_loss_terms(s, o, jnp.float32(x0), xt, jnp.int32(t), jnp.float32(noise),
+                                                   True)["loss"])
     g = jax.grad(f)(jnp.float32(out))
     # d/d eps of mean((noise - eps)^2) only
     np.testing.assert_allclose(g[..., :3], -2 * (noise - out[..., :3]) / (4 * 4 * 3), rtol=1e-4, atol=1e-7)

@@ -52,7 +52,8 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     with pytest.raises(Crash):
         train(TINY, run_b, on_step=crash_at_3, progress=False)
     assert RunCheckpoints(run_b).all_steps() == [0, 2]
-    sigterm_at_3 = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None
+    def sigterm_at_3(step):
+        return os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None
     train(TINY, run_b, on_step=sigterm_at_3, progress=False)  # preemption notice: stops with a checkpoint at 3
     assert RunCheckpoints(run_b).all_steps() == [0, 2, 3]
     b = train(TINY, run_b, progress=False)
@@ -99,7 +100,7 @@ def test_ema_model_is_the_checkpoints_ema_tree(tmp_path):
     ckpts = RunCheckpoints(run)
     emas = {}
     for step in (0, 2):
-        emas[step] = jax.device_get(jax.tree.map(lambda p: p + step + 1, init.params))  # EMA != params
+        emas[step] = jax.device_get(jax.tree.map(lambda p, s=step: p + s + 1, init.params))  # EMA != params
         ckpts.save(init.replace(ema_params=emas[step], step=jnp.int32(step)), {"epoch": 0, "position": 4 * step})
     ckpts.close()
     assert saved_steps(run) == [0, 2]

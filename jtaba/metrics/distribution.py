@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtaba.metrics._chunks import float64_blocks, flat_rows, row_blocks
+from jtaba.metrics._chunks import flat_rows, float64_blocks, row_blocks
 
 
 def mean_std(x) -> tuple[float, float]:

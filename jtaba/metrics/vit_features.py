@@ -133,7 +133,8 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
         b, n, _ = x.shape
         hd = self.width // self.heads
-        proj = lambda name, bias_=self.use_bias: nn.Dense(self.width, use_bias=bias_, dtype=self.dtype, name=name)
+        def proj(name, bias_=self.use_bias):
+            return nn.Dense(self.width, use_bias=bias_, dtype=self.dtype, name=name)
         q, k, v = (proj(name)(x).reshape(b, n, self.heads, hd) for name in ("q", "k", "v"))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (hd ** -0.5)
         if bias is not None:
@@ -155,7 +156,8 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-        ln = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=jnp.float32, use_fast_variance=False, name=name)
+        def ln(name):
+            return nn.LayerNorm(epsilon=self.eps, dtype=jnp.float32, use_fast_variance=False, name=name)
         h = ln("ln1")(x).astype(self.dtype)
         x = x + Attention(self.width, self.heads, self.qkv_bias, self.dtype, name="attn")(h, bias).astype(x.dtype)
         h = ln("ln2")(x).astype(self.dtype)
@@ -207,8 +209,9 @@ class VisionTransformer(nn.Module):
         cls = self.param("cls", nn.initializers.normal(0.02), (d,))
         pos = self.param("pos", nn.initializers.normal(0.02), (c.num_positions, d))
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, d)), x], axis=1) + pos
-        ln = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, use_fast_variance=False,
-                                         name=name)
+        def ln(name):
+            return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, use_fast_variance=False,
+                                                 name=name)
         if clip:
             x = ln("pre_norm")(x)
         x = _encoder(c, self.dtype)(x).astype(jnp.float32)

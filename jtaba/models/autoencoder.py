@@ -18,8 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from jtaba.config import ConfigBase
-from jtaba.models.diffusers_blocks import (ACTIVATIONS, DownBlock2D, ResnetArgs, UNetMidBlock2D, Upsample2D,
-                                           get_activation)
+from jtaba.models.diffusers_blocks import (
+    ACTIVATIONS,
+    DownBlock2D,
+    ResnetArgs,
+    UNetMidBlock2D,
+    Upsample2D,
+    get_activation,
+)
 from jtaba.models.ops import conv, group_norm
 
 EPS = 1e-6

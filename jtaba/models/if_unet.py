@@ -34,8 +34,9 @@ What runs (diffusers 0.42.1 ``UNet2DConditionModel.forward`` with IF's config):
 No attention masks: IF's pipeline passes none (padding tokens are attended to, as upstream).
 
 IF-I-XL-v1.0's unet config, verified against stored copies of public files: the hub ``unet/config.json`` as
-mirrored in a fine-tune of it (huggingface.co/lucostiguy11/dreambooth_if, ``_name_or_path`` DeepFloyd/IF-I-XL-v1.0, diffusers
-0.19.0.dev0): act_fn gelu, addition_embed_type "text", addition_embed_type_num_heads 64, attention_head_dim 64,
+mirrored in a fine-tune of it (huggingface.co/lucostiguy11/dreambooth_if, ``_name_or_path``
+DeepFloyd/IF-I-XL-v1.0, diffusers 0.19.0.dev0): act_fn gelu, addition_embed_type "text",
+addition_embed_type_num_heads 64, attention_head_dim 64,
 block_out_channels [704, 1408, 2112, 2816], cross_attention_dim 2816, cross_attention_norm "group_norm",
 down_block_types [ResnetDownsampleBlock2D, 3 x SimpleCrossAttnDownBlock2D], encoder_hid_dim 4096,
 encoder_hid_dim_type "text_proj", flip_sin_to_cos true, freq_shift 0, in_channels 3, layers_per_block 3,
@@ -63,8 +64,15 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jtaba.config import ConfigBase
-from jtaba.models.diffusers_blocks import (ACTIVATIONS, DownBlock2D, ResnetArgs, TimestepEmbedding, UpBlock2D,
-                                           get_activation, timestep_embedding)
+from jtaba.models.diffusers_blocks import (
+    ACTIVATIONS,
+    DownBlock2D,
+    ResnetArgs,
+    TimestepEmbedding,
+    UpBlock2D,
+    get_activation,
+    timestep_embedding,
+)
 from jtaba.models.ops import attention, conv, group_norm
 
 DOWN_BLOCKS = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")

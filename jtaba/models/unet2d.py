@@ -24,8 +24,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jtaba.config import ConfigBase
-from jtaba.models.diffusers_blocks import (DownBlock2D, ResnetArgs, TimestepEmbedding, UNetMidBlock2D, UpBlock2D,
-                                           timestep_embedding)
+from jtaba.models.diffusers_blocks import (
+    DownBlock2D,
+    ResnetArgs,
+    TimestepEmbedding,
+    UNetMidBlock2D,
+    UpBlock2D,
+    timestep_embedding,
+)
 from jtaba.models.ops import conv, group_norm
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
