@@ -98,7 +98,7 @@ def compute(ws, opts: Options) -> dict:
     standard = ws.run(opts.run_settings())  # the standard run every analysis shares
     # The ground truth: every sampling step of the same noise (inversion not needed).
     record = ws.run(opts.run_settings(record=True, inversion=False, reconstruction=False), "recorded sampling")
-    noise_row = analysis.noise_row(standard["noise"])
+    noise_row = analysis.noise_row(standard["noise"]).to_json()
     coincide = forward_levels_coincide(ws.model)
     notes = []
     methods = {}
@@ -111,7 +111,7 @@ def compute(ws, opts: Options) -> dict:
                 notes.append(f"{kind} swap K={k} skipped: {why}")
                 continue
             run = ws.run(opts.run_settings(swap_from=record, swap_before=k, swap_type=kind), f"{kind} swap K={k}")
-            rows.append({"k": k, **run_metrics(run)})
+            rows.append({"k": k, **run_metrics(run).to_json()})
         methods[f"{kind}_swap"] = {"rows": rows}
     for level in FORWARD_LEVELS:
         if level == "upstream" and coincide:
@@ -129,12 +129,12 @@ def compute(ws, opts: Options) -> dict:
                 continue
             run = ws.run(opts.run_settings(samples=standard["samples"], forward_before=k, forward_level=level,
                                            forward_seed=opts.forward_seed), f"forward {level} K={k}")
-            rows.append({"k": k, **run_metrics(run)})
+            rows.append({"k": k, **run_metrics(run).to_json()})
         methods[f"forward_{level}"] = {"rows": rows}
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "diffusion": ws.model.diffusion.kind, "k_list": list(opts.k_list), "forward_seed": opts.forward_seed,
             "forward_levels_coincide": coincide, "runs": {"standard": standard.path, "record": record.path},
-            "plain": run_metrics(standard), "noise": noise_row, "methods": methods, "notes": notes}
+            "plain": run_metrics(standard).to_json(), "noise": noise_row, "methods": methods, "notes": notes}
 
 
 def _cell(row, col):

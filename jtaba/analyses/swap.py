@@ -6,6 +6,10 @@ samples|, the noise reconstruction error mean |noise - latents| and KL(noise || 
 """
 from __future__ import annotations
 
+import dataclasses
+
+from jtaba.analyses._result import Result
+
 CORRELATION_PATCH, CORRELATION_TOP_K = 8, 20
 
 
@@ -26,7 +30,26 @@ def swap_range_note(model, steps: int, kind: str, k: int):
     return None
 
 
-def run_metrics(run) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SwapRow(Result):
+    """One row of Tab. 9: the latents' pixel correlation (mean / std of the per-sample top-20 |Pearson r|), the
+    image reconstruction error (None without images), the noise reconstruction error, KL(noise || latents) and the
+    run's folder (None for the noise row, which has no run; ``to_json`` then leaves "run" out)."""
+    correlation: float
+    correlation_std: float
+    image_error: float | None
+    noise_error: float
+    kl: float
+    run: str | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.run is None:
+            del out["run"]
+        return out
+
+
+def run_metrics(run) -> SwapRow:
     """The row of one run (Tab. 9 columns) from its metrics.json (computed from its files when absent)."""
     m = run.metrics
     if not all(k in m for k in ("correlation", "kl_div_noise_latent", "reconstruction_error_noise",
@@ -35,15 +58,14 @@ def run_metrics(run) -> dict:
 
         p = "decoded_" if "decoded_samples" in run else ""
         m = core_metrics(run["noise"], run["latents"], run.get(p + "samples"), run.get(p + "samples2"))
-    return {"correlation": m["correlation"]["mean"], "correlation_std": m["correlation"]["std"],
-            "image_error": m.get("reconstruction_error_images"), "noise_error": m["reconstruction_error_noise"],
-            "kl": m["kl_div_noise_latent"], "run": run.path}
+    return SwapRow(correlation=m["correlation"]["mean"], correlation_std=m["correlation"]["std"],
+                   image_error=m.get("reconstruction_error_images"), noise_error=m["reconstruction_error_noise"],
+                   kl=m["kl_div_noise_latent"], run=run.path)
 
 
-def noise_row(noise) -> dict:
+def noise_row(noise) -> SwapRow:
     """The table's last row: the noise itself (its correlation; its errors and KL are 0, no image)."""
     from jtaba.metrics import top_k_corr_in_patches
 
     corr = top_k_corr_in_patches(noise, patch_size=CORRELATION_PATCH, top_k=CORRELATION_TOP_K)
-    return {"correlation": corr["mean"], "correlation_std": corr["std"], "image_error": None, "noise_error": 0.0,
-            "kl": 0.0}
+    return SwapRow(correlation=corr["mean"], correlation_std=corr["std"], image_error=None, noise_error=0.0, kl=0.0)
