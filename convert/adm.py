@@ -30,7 +30,7 @@ from convert.common import (
     usage_name,
 )
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models.adm import FLAG_DEFAULTS, PRESETS, SAMPLING_FLAGS, Config, Network, upstream_flags
 
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"{'--flags ' + args.flags if args.flags else '--model ' + args.model}: {e}")
         try:
             state = load_state_dict(args.src)
+        except ValueError as e:  # a truncated or damaged file, named by load_state_dict
+            fail(str(e))
         except Exception as e:  # torch.load raises RuntimeError / UnpicklingError / OSError on bad files
             fail(f"cannot read {args.src}: {type(e).__name__}: {e}")
         try:

@@ -48,7 +48,7 @@ from convert.common import (
 from convert.dino import encoder_rules, fetch, layernorm, weights_file
 from jtaba import io
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import clip as C
 from jtaba.metrics import vit_features as V
 
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     require("transformers")  # the config and the tokenizer are read through it

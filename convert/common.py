@@ -81,7 +81,8 @@ class Rule:
 def load_state_dict(path: str) -> Mapping[str, Any]:
     """Load a state dict lazily where possible: ``.safetensors`` (numpy, memory-mapped), a diffusers folder's
     ``diffusion_pytorch_model.safetensors``, or a torch ``.pt/.pth/.bin`` (``torch.load(mmap=True)``). Values
-    may be torch tensors; ``to_numpy`` converts one at a time so the model is never held twice."""
+    may be torch tensors; ``to_numpy`` converts one at a time so the model is never held twice. A file that is not
+    a whole safetensors / torch file (truncated, damaged) is a ``ValueError`` naming it."""
     if os.path.isdir(path):
         for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin"):
             if os.path.exists(os.path.join(path, name)):
@@ -91,19 +92,28 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
         raise FileNotFoundError(f"source checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):
         require("safetensors")
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        f = safe_open(path, framework="np")
+        try:
+            f = safe_open(path, framework="np")
+        except SafetensorError as e:  # its own exception type (not an OSError / ValueError): a truncated header
+            raise ValueError(f"cannot read {path}: not a whole safetensors file ({e})") from None
         return {k: _LazySafetensor(f, k) for k in f.keys()}
     require("torch")
+    import pickle
+
     import torch
 
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:  # legacy (pre-zip) torch files cannot be memory-mapped
-        if "mmap" not in str(e) and "zip" not in str(e):
-            raise
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (pre-zip) torch files cannot be memory-mapped
+            if "mmap" not in str(e) and "zip" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated, not a torch file, not tensors only
+        raise ValueError(f"cannot read {path} as a torch state dict ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'empty or truncated'})") from None
     if isinstance(sd, dict) and not any(hasattr(v, "shape") for v in sd.values()):
         for key in ("state_dict", "model", "ema"):
             if key in sd and isinstance(sd[key], dict):

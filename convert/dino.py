@@ -41,7 +41,7 @@ from convert.common import (
 )
 from jtaba import io
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import dino as D
 from jtaba.metrics import vit_features as V
 
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):

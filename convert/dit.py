@@ -44,7 +44,7 @@ from convert.common import (
 )
 from jtaba import io
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import dit
 
@@ -341,6 +341,7 @@ def check_before_weights(source: dict, args, vae_folder: str | None) -> Diffusio
     return diffusion.replace(guidance_channels=GUIDANCE[args.guidance])
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):

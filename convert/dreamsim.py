@@ -57,7 +57,7 @@ from convert.common import (
 )
 from convert.dino import encoder_rules, first, flat, layernorm
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import dreamsim as S
 
 DEFAULT_SRC = "res/dreamsim"
@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):

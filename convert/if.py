@@ -62,7 +62,7 @@ from convert.common import (
 )
 from convert.diffusers_keys import diffusers_rules
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import if_unet
 
@@ -368,6 +368,7 @@ def check_args(args: argparse.Namespace) -> None:
             fail(f"--device {args.device!r} is not a torch device ({str(e).splitlines()[0]})")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)

@@ -35,7 +35,7 @@ from convert.common import (
     usage_name,
 )
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import inception as I
 
 WEIGHTS_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     src = args.src or default_source()

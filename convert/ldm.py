@@ -31,7 +31,7 @@ from convert.common import (
 )
 from convert.diffusers_keys import diffusers_rules, rename_deprecated_attention
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import unet2d, vq
 
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_source(args.src)

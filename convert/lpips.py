@@ -41,7 +41,7 @@ from convert.common import (
     usage_name,
 )
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import lpips as L
 
 TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
@@ -216,6 +216,7 @@ def resolve_sources(args) -> dict:
     return {"trunk": trunk, "lin": lin}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     source = resolve_sources(args)

@@ -33,7 +33,7 @@ from convert.common import (
     usage_name,
 )
 from jtaba.checkpoint import save_checkpoint
-from jtaba.cli import HelpFormatter
+from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import vgg16 as V
 
 WEIGHTS_FILE = "vgg16-397923af.pth"
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     src = args.src or os.path.join(hub_checkpoints(), WEIGHTS_FILE)

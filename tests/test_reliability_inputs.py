@@ -119,3 +119,54 @@ def test_a_tfds_dataset_not_prepared_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"--dataset=cifar10 is not prepared as array_record under .*prepare\("):
         loop.train(TINY.replace(dataset="cifar10"), str(tmp_path / "run"), data_dir=str(tmp_path / "tfds"),
                    progress=False)
+
+
+def test_a_truncated_source_is_one_line_naming_it(tmp_path, capsys):
+    """safetensors' own SafetensorError and torch's RuntimeError become one line naming the file, through the
+    converters' error path."""
+    from safetensors.numpy import save_file
+
+    from convert import inception
+
+    whole = str(tmp_path / "whole.safetensors")
+    save_file({"w": np.ones((64, 64), np.float32)}, whole)
+    with open(whole, "rb") as f:
+        data = f.read()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(SystemExit):
+        inception.main(["--src", str(cut), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read ") and str(cut) in err and "safetensors" in err and "\n" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["cut.safetensors", "whole.safetensors"]  # no staging folder left
+
+    torch = pytest.importorskip("torch")
+    from convert.common import load_state_dict
+
+    pt = tmp_path / "cut.pt"
+    torch.save({"w": torch.ones(64, 64)}, str(pt))
+    pt.write_bytes(pt.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"cannot read {pt} as a torch state dict"):
+        load_state_dict(str(pt))
+
+
+def test_converter_mains_end_os_errors_in_one_line(tmp_path, monkeypatch):
+    """Every converter's main goes through jtaba.cli.entry_point: an OSError (disk full) is one line, exit 1."""
+    import importlib
+
+    from convert import inception
+
+    for name in ("adm", "clip", "dino", "dit", "dreamsim", "if", "inception", "ldm", "lpips", "vgg16"):
+        main = importlib.import_module(f"convert.{name}").main
+        assert main.__code__ is not main.__wrapped__.__code__, name  # wrapped by entry_point
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    src = tmp_path / "w.pth"
+    src.write_bytes(b"x")
+    monkeypatch.setattr(inception, "load_state_dict", disk_full)
+    with pytest.raises(SystemExit) as e:
+        inception.main(["--src", str(src), "--out", str(tmp_path / "out")])
+    assert str(e.value.code) == "error: [Errno 28] No space left on device"
+    assert os.listdir(tmp_path) == ["w.pth"]
