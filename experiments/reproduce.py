@@ -11,7 +11,8 @@ invert / reconstruct run (computed once and shared), except where an analysis ke
 "Sizes" below; its report section says so and why). On the built-in model at the defaults: about 20 CPU-minutes.
 Writes into --out: report.md (a summary of the sizes against the paper's, the device and the time, then every table
 with its columns defined, the paper reference and the figures), one sub-folder per analysis with its JSON, CSV and
-PNG files, and report.json (settings, timings, result paths). Rerunning reuses every finished run; the console
+PNG files, and report.json (settings, timings, result paths); an analysis folder an earlier report left there and
+this one did not write is removed (one stderr line names it). Rerunning reuses every finished run; the console
 shows "[i/n] analysis" with an estimate of the time left, and each progress bar names its analysis and run.
 
 An analysis that cannot run on the model (editing diversity needs a class- or text-conditional model) is listed as
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 
@@ -270,6 +272,17 @@ def left_text(done: int, elapsed: float, left: int) -> str:
     return f", ~{minutes:.0f} min left" if minutes >= 1 else ", <1 min left"
 
 
+def remove_earlier_analyses(out: str, written: list[str]) -> None:
+    """Remove the folders an earlier report in ``out`` left for analyses this one did not write (fewer --only, a
+    skipped one), so the folder holds what report.md describes; other files and folders are kept."""
+    left = [n for n in NAMES if n not in written and os.path.isdir(os.path.join(out, n))]
+    for name in left:
+        shutil.rmtree(os.path.join(out, name))
+    if left:
+        print(f"removed {', '.join(f'{n}/' for n in left)} from {out}: left by an earlier report, not in this one",
+              file=sys.stderr, flush=True)
+
+
 @cli.entry_point
 def main(argv: list[str] | None = None) -> str:
     argv = sys.argv[1:] if argv is None else argv
@@ -339,6 +352,7 @@ def main(argv: list[str] | None = None) -> str:
     io.write_json(os.path.join(out, "report.json"), summary)
     head = f"{summary_block(ws, args, argv, summary['analyses'], total, train_names)}\n{paper_line(ws, args)}\n"
     io.write_text(os.path.join(out, "report.md"), "\n".join([head, *sections]))
+    remove_earlier_analyses(out, [n for n, e in summary["analyses"].items() if "skipped" not in e])
     print(f"wrote {out}/report.md ({len(names)} analyses, {total / 60:.1f} min)")
     return out
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import threading
 
 MODES = ("auto", "off")
+HEARTBEAT_S = 10  # a dead peer is noticed after this long (JAX's default, 100 s, left the others waiting)
 
 
 def _int_env(name: str) -> int:
@@ -57,14 +59,18 @@ def cluster_name() -> str | None:
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None, *,
-               local_device_ids=None, cpu_collectives: str = "gloo", timeout_s: int = 300) -> None:
+               local_device_ids=None, cpu_collectives: str = "gloo", timeout_s: int = 300,
+               heartbeat_s: int = HEARTBEAT_S) -> None:
     """Join the run coordinated at ``coordinator`` ("host:port"; process 0 serves it) as ``process_id`` of
-    ``num_processes``; all three None: JAX detects them from the cluster."""
+    ``num_processes``; all three None: JAX detects them from the cluster. A peer silent for ``heartbeat_s`` seconds
+    ends the others (JAX aborts them); core dumps are off for this process, so such an abort leaves no core file."""
     import jax
 
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids, initialization_timeout=timeout_s)
+                               local_device_ids=local_device_ids, initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=heartbeat_s)
 
 
 def is_main() -> bool:
@@ -94,6 +100,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. num-processes-1")
     g.add_argument("--init-timeout", type=int, default=300,
                    help="seconds to wait for every process to join before giving up with an error")
+    g.add_argument("--heartbeat-timeout", type=int, default=HEARTBEAT_S,
+                   help="seconds after which a silent (dead) process ends the run on the others")
 
 
 def initialize_from_flags(args: argparse.Namespace) -> str | None:
@@ -122,7 +130,7 @@ def initialize_from_flags(args: argparse.Namespace) -> str | None:
     watchdog.daemon = True
     watchdog.start()
     try:
-        initialize(*flags, timeout_s=args.init_timeout + 30)
+        initialize(*flags, timeout_s=args.init_timeout + 30, heartbeat_s=args.heartbeat_timeout)
     except Exception as e:  # jax raises XlaRuntimeError / RuntimeError with a long service trace
         raise SystemExit(f"{message}: {str(e).splitlines()[0] if str(e) else e}") from None
     finally:

@@ -128,3 +128,41 @@ def test_ctrl_c_in_export_ends_with_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(["--run", str(tmp_path), "--out", str(tmp_path / "model")])
     assert e.value.code == 130 and "run the same command again" in capsys.readouterr().err
+
+
+def test_a_dead_peer_is_noticed_by_a_short_heartbeat_without_a_core_file(monkeypatch):
+    import resource
+
+    from jtaba import distributed
+
+    calls, limits = [], []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(resource, "setrlimit", lambda what, value: limits.append((what, value)))
+    p = argparse.ArgumentParser()
+    distributed.add_flags(p)
+    args = p.parse_args(["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "1"])
+    assert distributed.initialize_from_flags(args) == "flags"
+    assert calls[0]["heartbeat_timeout_seconds"] == distributed.HEARTBEAT_S <= 10
+    assert limits == [(resource.RLIMIT_CORE, (0, 0))]  # JAX aborts the survivors: no core dump
+    args.heartbeat_timeout = 3
+    distributed.initialize_from_flags(args)
+    assert calls[1]["heartbeat_timeout_seconds"] == 3
+
+
+def test_reproduce_removes_the_folders_of_an_earlier_reports_analyses(tmp_path, monkeypatch, capsys):
+    """An earlier report wrote triangles/ and steps/; this one (App. G only, skipped without training runs) removes
+    them and says so, keeping what is not an analysis's folder."""
+    from experiments import reproduce
+    from tests.test_exp_triangles import save_tiny_checkpoint
+
+    monkeypatch.setenv("JTABA_HOME", str(tmp_path / "home"))
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "report"
+    for name in ("triangles", "steps", "notes"):
+        os.makedirs(out / name)
+        (out / name / "x.json").write_text("{}")
+    reproduce.main(["--ckpt", ckpt, "--n", "2", "--steps", "2", "--runs-dir", str(tmp_path / "runs"),
+                    "--only", "training_dynamics,alignment", "--out", str(out)])
+    assert sorted(os.listdir(out)) == ["notes", "report.json", "report.md"]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("removed ")]
+    assert err == [f"removed triangles/, steps/ from {out}: left by an earlier report, not in this one"]
