@@ -162,7 +162,7 @@ def compute_row(opts: Options, out: str, final: int, part: str, step: int) -> No
         with io.atomic_path(generations_path(out, step)) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(r["samples"][:opts.grid_noises], np.float32))
     samples2 = r["samples2"] if part == "g2" else None
-    row = {"step": step, **checkpoint_stats(r["noise"], r["samples"], r["latents"], samples2), "run": r.path}
+    row = {"step": step, **checkpoint_stats(r["noise"], r["samples"], r["latents"], samples2).to_json(), "run": r.path}
     io.write_json(row_path(out, part, step), row)
 
 

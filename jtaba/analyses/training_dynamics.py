@@ -4,22 +4,54 @@ OLD ``trainsteps`` scripts): the statistics of one checkpoint's noise / samples 
 """
 from __future__ import annotations
 
+import dataclasses
+
+from jtaba.analyses._result import Result
+
 ANGLE_KEYS = {"angle_image": "mean_cossim_img", "angle_noise": "mean_cossim_noise",
               "angle_latent": "mean_cossim_latent"}
 
 
-def checkpoint_stats(noise, samples, latents, samples2=None) -> dict:
-    """One table row's statistics from (N, C, H, W) arrays: vertex angles (degrees, acos of the mean cosine),
-    L2 distances mean / std (+ ``mean_mse_img_img2`` with ``samples2``), ``mae_noise_latent`` and assignment
-    accuracies (fractions): ``acc_img_to_noise`` / ``acc_noise_to_img`` (noise vs samples) and
-    ``acc_img_to_latent`` / ``acc_latent_to_img`` (latents vs samples)."""
+@dataclasses.dataclass(frozen=True)
+class CheckpointStats(Result):
+    """One checkpoint's table row from (N, C, H, W) noise / samples / latents: the triangle's vertex angles
+    (degrees, acos of the mean cosine), the L2 distances' mean and unbiased std over samples (``mean_mse_img_img2``:
+    the mean per-sample MSE of samples vs reconstructions, None without ``samples2``; ``to_json`` then leaves it
+    out), ``mae_noise_latent`` and the assignment accuracies (fractions): noise vs samples (``acc_img_to_noise`` /
+    ``acc_noise_to_img``) and latents vs samples (``acc_img_to_latent`` / ``acc_latent_to_img``)."""
+    angle_image: float
+    angle_noise: float
+    angle_latent: float
+    mean_l2_img_lat: float
+    mean_l2_img_noise: float
+    mean_l2_noise_lat: float
+    std_l2_img_lat: float
+    std_l2_img_noise: float
+    std_l2_noise_lat: float
+    mean_mse_img_img2: float | None
+    mae_noise_latent: float
+    acc_img_to_noise: float
+    acc_noise_to_img: float
+    acc_img_to_latent: float
+    acc_latent_to_img: float
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.mean_mse_img_img2 is None:
+            del out["mean_mse_img_img2"]
+        return out
+
+
+def checkpoint_stats(noise, samples, latents, samples2=None) -> CheckpointStats:
+    """``CheckpointStats`` of one checkpoint's (N, C, H, W) arrays (``samples2``: its reconstructions, optional)."""
     from jtaba.metrics import assignment_accuracy, calc_angles, calc_distances, mae
 
     angles = calc_angles(noise, samples, latents)
-    row = {k: angles[v] for k, v in ANGLE_KEYS.items()}
-    row.update(calc_distances(noise, samples, latents, samples2))
-    row["mae_noise_latent"] = mae(noise, latents)
+    distances = calc_distances(noise, samples, latents, samples2)
     noise_acc, latent_acc = assignment_accuracy(noise, samples), assignment_accuracy(latents, samples)
-    row.update(acc_img_to_noise=noise_acc["img_to_noise"], acc_noise_to_img=noise_acc["noise_to_img"],
-               acc_img_to_latent=latent_acc["img_to_noise"], acc_latent_to_img=latent_acc["noise_to_img"])
-    return row
+    return CheckpointStats(**{k: angles[v] for k, v in ANGLE_KEYS.items()},
+                           **{k: v for k, v in distances.items() if k != "mean_mse_img_img2"},
+                           mean_mse_img_img2=distances.get("mean_mse_img_img2"),
+                           mae_noise_latent=mae(noise, latents),
+                           acc_img_to_noise=noise_acc["img_to_noise"], acc_noise_to_img=noise_acc["noise_to_img"],
+                           acc_img_to_latent=latent_acc["img_to_noise"], acc_latent_to_img=latent_acc["noise_to_img"])
