@@ -54,7 +54,7 @@ import textwrap
 import numpy as np
 
 from jtaba import cli, io, plotting
-from jtaba.analyses.diversity import clip_scores, pair_scores, relative_rows, summary
+from jtaba.analyses.diversity import pair_scores, relative, summary
 from jtaba.runs import StandardOptions
 
 # Tab. 7 / Tab. 13 columns first, then the extra image-quality variants.
@@ -341,6 +341,14 @@ def perception(ws, opts: Options, kind: str, texts: list | None, ids: dict) -> t
     return nets, skipped, name, text_emb
 
 
+def add_relative(columns: list[dict], metrics: list) -> None:
+    """Add Fig. 7's ``improvement_percent`` / ``gap_closed_percent`` to each K column (not to noise, latents)."""
+    means = {c["column"]: {m: c["metrics"][m]["mean"] for m in metrics} for c in columns}
+    for c in columns:
+        if c["k"] is not None and c["method"] != "latents":
+            c.update(relative(means[c["column"]], means["latents"], means["noise"]).to_json())
+
+
 def compute(ws, opts: Options) -> dict:
     """Source, inversions and target runs; then every metric per column (see the module docstring)."""
     from jtaba.runs import RunSettings
@@ -380,12 +388,10 @@ def compute(ws, opts: Options) -> dict:
         target = ws.run(RunSettings(**base, **tgt_cond, noise=start[array], inversion=False, reconstruction=False),
                         f"target from {name}")
         images = run_images(target)
-        scores = pair_scores(nets, images, source_images, opts.batch)
-        if text_emb is not None:
-            scores.update(clip_scores(nets["clip"], images, text_emb, opts.batch))
+        scores = pair_scores(nets, images, source_images, opts.batch, text_emb)
         columns.append({"column": name, "method": method, "k": k, "start_run": start.path, "start": array,
-                        "target_run": target.path, "metrics": {m: summary(m, scores[m]) for m in metrics}})
-    relative_rows(columns, metrics)
+                        "target_run": target.path, "metrics": {m: summary(m, scores.of(m)) for m in metrics}})
+    add_relative(columns, metrics)
 
     def cond_text(i):
         return texts[i] if texts is not None else f"class {i}"

@@ -6,7 +6,11 @@ and adds the conditions, runs, figures and writing.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from jtaba.analyses._result import Result
 
 STD_DDOF = {"dreamsim": 1, "lpips": 1}  # upstream: torch .std() for these, numpy .std() for the others
 # +1: higher is the direction of the noise row (more diverse, better edit); -1: lower is.
@@ -21,8 +25,43 @@ def lpips_input(images):
     return to_uint8(images, "signed").transpose(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def pair_scores(nets: dict, target, source, batch: int) -> dict:
-    """Per-pair scores (N,) of target vs source images for the image metrics whose network is loaded."""
+@dataclasses.dataclass(frozen=True)
+class PairScores(Result):
+    """Per-pair scores (N,) of target vs source images: SSIM / PSNR as upstream, SSIM of the [-1, 1]-clipped images
+    as skimage, and (None where its network is not loaded) LPIPS, DreamSim, DINO cosine and the CLIP-T cosines with
+    the source and the target prompt."""
+    ssim: np.ndarray
+    psnr: np.ndarray
+    ssim_01: np.ndarray
+    lpips: np.ndarray | None = None
+    dreamsim: np.ndarray | None = None
+    dino: np.ndarray | None = None
+    clip_t_source: np.ndarray | None = None
+    clip_t_target: np.ndarray | None = None
+
+    def of(self, metric: str) -> np.ndarray:
+        """The scores of ``metric`` (a field name, a key of ``DIRECTION``); an error where it was not computed."""
+        values = getattr(self, metric)
+        if values is None:
+            raise ValueError(f"no {metric} scores: its network was not loaded")
+        return values
+
+    def to_json(self) -> dict:
+        return {f.name: np.asarray(v).tolist() for f in dataclasses.fields(self)
+                if (v := getattr(self, f.name)) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Relative(Result):
+    """Fig. 7 for one column, per metric: the improvement over the latents column in % (sign: ``DIRECTION``; None
+    where the latents' mean is 0) and the share of the latents -> noise gap it closes in % (None for an empty gap)."""
+    improvement_percent: dict[str, float | None]
+    gap_closed_percent: dict[str, float | None]
+
+
+def pair_scores(nets: dict, target, source, batch: int, clip_text: dict | None = None) -> PairScores:
+    """Per-pair scores (N,) of target vs source images for the image metrics whose network is loaded, and with
+    ``clip_text`` (``clip_scores``'s ``text_emb``) the CLIP-T cosines of the target images."""
     import jax.numpy as jnp
 
     from jtaba.metrics import image_quality as iq
@@ -48,7 +87,10 @@ def pair_scores(nets: dict, target, source, batch: int) -> dict:
 
         cfg_n, p_n = nets["dino"]
         fns["dino"] = lambda a, b: dino.similarity(cfg_n, p_n, a, b)
-    return {m: map_batches(fn, target, source, batch=batch) for m, fn in fns.items()}
+    scores = {m: map_batches(fn, target, source, batch=batch) for m, fn in fns.items()}
+    if clip_text is not None:
+        scores.update(clip_scores(nets["clip"], target, clip_text, batch))
+    return PairScores(**scores)
 
 
 def clip_scores(net, images, text_emb: dict, batch: int) -> dict:
@@ -69,17 +111,11 @@ def summary(metric: str, values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=ddof)) if v.size > ddof else None}
 
 
-def relative_rows(columns: list, metrics: list) -> None:
-    """Add to each K column the improvement over the latents column in % (Fig. 7; sign: DIRECTION) and the share
-    of the latents -> noise gap it closes in %."""
-    by = {c["column"]: c["metrics"] for c in columns}
-    lat, noise = by["latents"], by["noise"]
-    for c in columns:
-        if c["k"] is None or c["method"] == "latents":
-            continue
-        imp, gap = {}, {}
-        for m in metrics:
-            v, v0, v1 = c["metrics"][m]["mean"], lat[m]["mean"], noise[m]["mean"]
-            imp[m] = 100.0 * DIRECTION[m] * (v - v0) / abs(v0) if v0 else None
-            gap[m] = 100.0 * (v - v0) / (v1 - v0) if v1 != v0 else None
-        c["improvement_percent"], c["gap_closed_percent"] = imp, gap
+def relative(means: dict[str, float], latents: dict[str, float], noise: dict[str, float]) -> Relative:
+    """``Relative`` of a column's metric means against the latents column's and the noise column's (same keys)."""
+    imp, gap = {}, {}
+    for m, v in means.items():
+        v0, v1 = latents[m], noise[m]
+        imp[m] = 100.0 * DIRECTION[m] * (v - v0) / abs(v0) if v0 else None
+        gap[m] = 100.0 * (v - v0) / (v1 - v0) if v1 != v0 else None
+    return Relative(improvement_percent=imp, gap_closed_percent=gap)
