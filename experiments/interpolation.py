@@ -347,7 +347,7 @@ def compute(ws, opts: Options) -> dict:
         for row in rows:
             images = open_run(row["run"])[row["images"]]
             row.update(scores(ref_features, scoring_features(images, nets, opts.fid_protocol, **kw),
-                              opts.fid_protocol))
+                              opts.fid_protocol).to_json())
     for row in rows:
         for m in (*INCEPTION_METRICS, "f_score"):
             row.setdefault(m, None)

@@ -327,7 +327,7 @@ def test_torch_fidelity_scores_in_upstream_argument_order():
     want = prc.prc_features_to_metric(torch.from_numpy(ref), torch.from_numpy(gen), prc_neighborhood=3,
                                       prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     got = ip.scores({"pr": ref}, {"pr": gen}, "torch-fidelity")
-    assert got["fid"] is None and 0 < want["precision"] < want["recall"]
-    assert (got["precision"], got["recall"]) == pytest.approx((want["precision"], want["recall"]), abs=1e-7)
+    assert got.fid is None and 0 < want["precision"] < want["recall"]
+    assert (got.precision, got.recall) == pytest.approx((want["precision"], want["recall"]), abs=1e-7)
     default = ip.scores({"pr": ref}, {"pr": gen}, "pytorch-fid")  # the usual order: precision of the generated set
-    assert (default["precision"], default["recall"]) == pytest.approx((want["recall"], want["precision"]), abs=1e-7)
+    assert (default.precision, default.recall) == pytest.approx((want["recall"], want["precision"]), abs=1e-7)

@@ -13,7 +13,7 @@ Modules (paper reference; result): ``triangles`` (Sec. 3.3, Tab. 3; TriangleStat
 Tab. 2; CorrelationTable), ``variances`` (Tab. 4; VarianceTable), ``normality`` (Fig. 2; NormalityTable), ``plain``
 (Tab. 5; PlainTable), ``assignment`` (Sec. 4.3, Tab. 8, Tab. 11; AssignmentStats), ``approximation_error``
 (Sec. 3.4, Tab. 6; ApproximationErrors), ``trajectories`` (Fig. 3; TrajectoryTable), ``precision``
-(PrecisionTable), ``swap`` (Sec. 5, Tab. 9; SwapRow), ``interpolation`` (Sec. 4.1, Tab. 12 scores), ``diversity``
+(PrecisionTable), ``swap`` (Sec. 5, Tab. 9; SwapRow), ``interpolation`` (Sec. 4.1, Tab. 12; Scores), ``diversity``
 (Sec. 4.2, Tab. 7 / 13; PairScores, Relative), ``training_dynamics`` (App. G.1 / G.2; CheckpointStats),
 ``alignment`` (App. G.3 rows).
 The ``experiments.<name>`` commands make the runs and add flags, figures and the JSON / CSV / markdown writing.

@@ -5,9 +5,12 @@ reference sets, figures and writing.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+
+from jtaba.analyses._result import Result
 
 PR_K = 3  # precision / recall neighbourhood (torch-fidelity prc_neighborhood, Kynkäänniemi et al.)
 FEATURE_BATCH = 50  # images per Inception call (pytorch-fid's default batch size)
@@ -86,15 +89,25 @@ def scoring_features(images, nets: dict, protocol: str, *, uint8: bool = False, 
     return out
 
 
-def scores(reference: dict, generated: dict, protocol: str) -> dict:
-    """{"fid", "precision", "recall", "f_score"} of generated features against the reference's (None where a
-    network is missing). torch-fidelity: upstream's argument order (the reference as torch-fidelity's input1)."""
+@dataclasses.dataclass(frozen=True)
+class Scores(Result):
+    """Tab. 12's scores of one set of generated images against the reference set: FID and improved precision /
+    recall (k = ``PR_K``) with their F-score; None where the network that serves a score is not loaded."""
+    fid: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f_score: float | None = None
+
+
+def scores(reference: dict, generated: dict, protocol: str) -> Scores:
+    """``Scores`` of generated features against the reference's (``scoring_features``' dicts). torch-fidelity:
+    upstream's argument order (the reference as torch-fidelity's input1)."""
     from jtaba.metrics import fid_from_features, precision_recall
 
-    out = {"fid": fid_from_features(reference["fid"], generated["fid"], method="auto")
-           if generated.get("fid") is not None else None}
-    if generated.get("pr") is not None:
-        real, fake = ((generated["pr"], reference["pr"]) if protocol == "torch-fidelity"
-                      else (reference["pr"], generated["pr"]))
-        out.update(precision_recall(real, fake, k=PR_K))
-    return out
+    fid = (fid_from_features(reference["fid"], generated["fid"], method="auto")
+           if generated.get("fid") is not None else None)
+    if generated.get("pr") is None:
+        return Scores(fid=fid)
+    real, fake = ((generated["pr"], reference["pr"]) if protocol == "torch-fidelity"
+                  else (reference["pr"], generated["pr"]))
+    return Scores(fid=fid, **precision_recall(real, fake, k=PR_K))
