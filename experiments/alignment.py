@@ -200,7 +200,7 @@ def compute(opts: Options, out: str) -> dict:
             print(f"[{done}/{total}] {name} checkpoint {step}", flush=True)
             run = reference if step == final else samples_run(train_run, step, opts)
             cur = ref if step == final else set_features(run["samples"], nets)
-            row = {"step": step, **compare(ref, cur, k, opts.svcca_method, opts.seed), "run": run.path,
+            row = {"step": step, **compare(ref, cur, k, opts.svcca_method, opts.seed).to_json(), "run": run.path,
                    "skipped": sorted(absent)}
             io.write_json(row_path(out, name, step), row)
     runs = {}
@@ -212,7 +212,7 @@ def compute(opts: Options, out: str) -> dict:
         runs[name] = {"path": os.path.abspath(train_run), "final": final, "rows": rows}
     return {"model": "+".join(runs), "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "knn_k": k, "svcca_components": SVCCA_COMPONENTS, "svcca_method": opts.svcca_method, "runs": runs,
-            "aggregate": aggregate({name: r["rows"] for name, r in runs.items()}),
+            "aggregate": [a.to_json() for a in aggregate({name: r["rows"] for name, r in runs.items()})],
             "skipped": {role: f"no converted {role} network ({role}_* metrics); make it with: {command}"
                         for role, command in skipped.items()}}
 

@@ -1,6 +1,6 @@
 """The paper's analyses as a library: one module per analysis, functions over arrays (N, C, H, W) or finished
 ``jtaba.runs.Run`` s, returning frozen dataclasses with the table's fields (``to_json()`` gives the dict the
-``experiments`` commands write) or, for the per-checkpoint / per-run rows, plain dicts.
+``experiments`` commands write).
 
     import jtaba
     from jtaba import runs
@@ -15,6 +15,6 @@ Tab. 2; CorrelationTable), ``variances`` (Tab. 4; VarianceTable), ``normality`` 
 (Sec. 3.4, Tab. 6; ApproximationErrors), ``trajectories`` (Fig. 3; TrajectoryTable), ``precision``
 (PrecisionTable), ``swap`` (Sec. 5, Tab. 9; SwapRow), ``interpolation`` (Sec. 4.1, Tab. 12; Scores), ``diversity``
 (Sec. 4.2, Tab. 7 / 13; PairScores, Relative), ``training_dynamics`` (App. G.1 / G.2; CheckpointStats),
-``alignment`` (App. G.3 rows).
+``alignment`` (App. G.3; Alignment, SeedAggregate).
 The ``experiments.<name>`` commands make the runs and add flags, figures and the JSON / CSV / markdown writing.
 """

@@ -3,12 +3,17 @@
 
 Per pair of sample sets, with x̃ = (x − min) / (max − min) over each whole set: the mutual k-NN overlap, linear CKA
 and SVCCA of x̃ (and of DINO / CLIP features), SSIM / PSNR per image pair as upstream, and the cosine of DINO,
-CLIP-I and Inception features; rows are dicts of metric name -> value (``compare``), aggregated over training seeds
-by ``aggregate``. ``experiments.alignment`` documents every metric and adds the runs, resumable rows and figures.
+CLIP-I and Inception features; a row is an ``Alignment`` (``compare``; ``to_json`` gives the flat dict of metric
+name -> value that the rows are stored as), aggregated over training seeds by ``aggregate`` (``SeedAggregate``).
+``experiments.alignment`` documents every metric and adds the runs, resumable rows and figures.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from jtaba.analyses._result import Result
 
 NETWORK_ROLES = ("dino", "clip", "inception")
 FEATURE_SPACES = ("dino", "clip")  # networks whose features also get CKA / SVCCA / knn
@@ -53,35 +58,81 @@ def mean_std(values, ddof: int = 0) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=ddof))
 
 
-def space_alignment(x, y, k: int, prefix: str = "", svcca_method: str = "exact", seed: int = 0) -> dict:
-    """``{prefix}knn_mean/std``, ``{prefix}cka``, ``{prefix}svcca`` of two aligned (N, ...) feature sets."""
+@dataclasses.dataclass(frozen=True)
+class SpaceAlignment(Result):
+    """Two aligned feature sets' mutual k-NN overlap (mean / std over samples), linear CKA and SVCCA."""
+    knn_mean: float
+    knn_std: float
+    cka: float
+    svcca: float
+
+    def flat(self, prefix: str = "") -> dict:
+        """The fields as ``{prefix}<name>`` keys."""
+        return {f"{prefix}{k}": v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment(Result):
+    """One row (App. G.3) between the final checkpoint's sample set and a checkpoint's: ``pixel`` alignment of the
+    min-max scaled images, SSIM / PSNR mean and sd over image pairs, per loaded network of ``NETWORK_ROLES`` the
+    feature cosine's mean and unbiased sd (``cos_sim``: role -> (mean, sd)), and per loaded network of
+    ``FEATURE_SPACES`` its features' alignment (``spaces``). ``to_json``: the flat row (``knn_mean``, ...,
+    ``<role>_cos_sim_mean``, ``<role>_knn_mean``, ...)."""
+    pixel: SpaceAlignment
+    ssim_mean: float
+    ssim_std: float
+    psnr_mean: float
+    psnr_std: float
+    cos_sim: dict[str, tuple[float, float]]
+    spaces: dict[str, SpaceAlignment]
+
+    def to_json(self) -> dict:
+        row = {**self.pixel.flat(), "ssim_mean": self.ssim_mean, "ssim_std": self.ssim_std,
+               "psnr_mean": self.psnr_mean, "psnr_std": self.psnr_std}
+        for role, (mean, std) in self.cos_sim.items():
+            row[f"{role}_cos_sim_mean"], row[f"{role}_cos_sim_std"] = mean, std
+        for role, space in self.spaces.items():
+            row.update(space.flat(f"{role}_"))
+        return row
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedAggregate(Result):
+    """One step's aggregate over ``runs`` training seeds: ``values`` maps a row key's aggregate (``aggregate``) to
+    its value; ``to_json`` gives {"step", "runs", **values}."""
+    step: int
+    runs: int
+    values: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "runs": self.runs, **self.values}
+
+
+def space_alignment(x, y, k: int, svcca_method: str = "exact", seed: int = 0) -> SpaceAlignment:
+    """``SpaceAlignment`` of two aligned (N, ...) feature sets."""
     from jtaba.metrics import cka, mutual_knn_counts, svcca
 
-    row = {}
-    row[f"{prefix}knn_mean"], row[f"{prefix}knn_std"] = mean_std(mutual_knn_counts(x, y, k))
-    row[f"{prefix}cka"] = cka(x, y)
-    row[f"{prefix}svcca"] = svcca(x, y, n_components=SVCCA_COMPONENTS, standardize=True, method=svcca_method,
-                                  seed=seed)
-    return row
+    knn_mean, knn_std = mean_std(mutual_knn_counts(x, y, k))
+    return SpaceAlignment(knn_mean=knn_mean, knn_std=knn_std, cka=cka(x, y),
+                          svcca=svcca(x, y, n_components=SVCCA_COMPONENTS, standardize=True, method=svcca_method,
+                                      seed=seed))
 
 
-def compare(ref: dict, cur: dict, k: int, svcca_method: str = "exact", seed: int = 0) -> dict:
-    """One row's metrics (module docstring) between the final checkpoint's features ``ref`` and a checkpoint's."""
+def compare(ref: dict, cur: dict, k: int, svcca_method: str = "exact", seed: int = 0) -> Alignment:
+    """One row's ``Alignment`` between the final checkpoint's features ``ref`` and a checkpoint's (``set_features``
+    dicts)."""
     from jtaba.metrics import psnr, ssim
     from jtaba.metrics.vit_features import cosine
 
     svcca_kw = {"svcca_method": svcca_method, "seed": seed}
-    row = space_alignment(ref["pixel"], cur["pixel"], k, **svcca_kw)
-    row["ssim_mean"], row["ssim_std"] = mean_std(ssim(ref["pixel"], cur["pixel"], upstream=True))
-    row["psnr_mean"], row["psnr_std"] = mean_std(psnr(ref["pixel"], cur["pixel"], upstream=True))
-    for role in NETWORK_ROLES:
-        if role in ref:
-            cos = cosine(ref[role], cur[role])
-            row[f"{role}_cos_sim_mean"], row[f"{role}_cos_sim_std"] = mean_std(cos, ddof=1)
-    for role in FEATURE_SPACES:
-        if role in ref:
-            row.update(space_alignment(ref[role], cur[role], k, prefix=f"{role}_", **svcca_kw))
-    return row
+    ssim_mean, ssim_std = mean_std(ssim(ref["pixel"], cur["pixel"], upstream=True))
+    psnr_mean, psnr_std = mean_std(psnr(ref["pixel"], cur["pixel"], upstream=True))
+    return Alignment(pixel=space_alignment(ref["pixel"], cur["pixel"], k, **svcca_kw),
+                     ssim_mean=ssim_mean, ssim_std=ssim_std, psnr_mean=psnr_mean, psnr_std=psnr_std,
+                     cos_sim={role: mean_std(cosine(ref[role], cur[role]), ddof=1)
+                              for role in NETWORK_ROLES if role in ref},
+                     spaces={role: space_alignment(ref[role], cur[role], k, **svcca_kw)
+                             for role in FEATURE_SPACES if role in ref})
 
 
 def metric_role(key: str) -> str | None:
@@ -89,22 +140,23 @@ def metric_role(key: str) -> str | None:
     return next((role for role in NETWORK_ROLES if key.startswith(f"{role}_")), None)
 
 
-def aggregate(rows_by_run: dict[str, list[dict]]) -> list[dict]:
-    """Upstream's seed aggregate over the steps every run has: ``*_mean`` averaged, ``*_std`` -> sqrt(mean(std²)),
-    the other metrics (cka, svcca, ...) -> ``<key>_mean`` / ``<key>_std`` (ddof 0) across the runs."""
+def aggregate(rows_by_run: dict[str, list[dict]]) -> list[SeedAggregate]:
+    """Upstream's seed aggregate of stored rows (``Alignment.to_json`` + "step") over the steps every run has:
+    ``*_mean`` averaged, ``*_std`` -> sqrt(mean(std²)), the other metrics (cka, svcca, ...) -> ``<key>_mean`` /
+    ``<key>_std`` (ddof 0) across the runs."""
     by_step = [{r["step"]: r for r in rows} for rows in rows_by_run.values()]
     common = sorted(set.intersection(*(set(d) for d in by_step))) if by_step else []
     out = []
     for step in common:
         rows = [d[step] for d in by_step]
-        agg = {"step": step, "runs": len(rows)}
+        values = {}
         for key in (k for k in rows[0] if k not in ("step", "run", "skipped")):
             v = np.array([r[key] for r in rows], np.float64)
             if key.endswith("_mean"):
-                agg[key] = float(v.mean())
+                values[key] = float(v.mean())
             elif key.endswith("_std"):
-                agg[key] = float(np.sqrt(np.mean(v ** 2)))
+                values[key] = float(np.sqrt(np.mean(v ** 2)))
             else:
-                agg[f"{key}_mean"], agg[f"{key}_std"] = float(v.mean()), float(v.std())
-        out.append(agg)
+                values[f"{key}_mean"], values[f"{key}_std"] = float(v.mean()), float(v.std())
+        out.append(SeedAggregate(step=step, runs=len(rows), values=values))
     return out
