@@ -390,7 +390,7 @@ def compute(ws, opts: Options) -> dict:
         images = run_images(target)
         scores = pair_scores(nets, images, source_images, opts.batch, text_emb)
         columns.append({"column": name, "method": method, "k": k, "start_run": start.path, "start": array,
-                        "target_run": target.path, "metrics": {m: summary(m, scores.of(m)) for m in metrics}})
+                        "target_run": target.path, "metrics": {m: summary(m, scores.of(m)).to_json() for m in metrics}})
     add_relative(columns, metrics)
 
     def cond_text(i):

@@ -314,7 +314,7 @@ def compute(ws, opts: Options) -> dict:
                              f"{source} α={alpha:.2f}")
                 name = image_name(run, "samples")
             rows.append({"source": source, "k": forward_k(source), "alpha": alpha,
-                         "tag": alpha_tag(alpha), "run": run.path, "images": name, **input_statistics(inputs),
+                         "tag": alpha_tag(alpha), "run": run.path, "images": name, **input_statistics(inputs).to_json(),
                          "image_pixel_std": image_pixel_std(run[name])})
 
     runs = {"a": run_a.path, "b": run_b.path, "forward": {str(k): {s: r.path for s, r in f.items()}

@@ -104,11 +104,18 @@ def clip_scores(net, images, text_emb: dict, batch: int) -> dict:
             for side in ("source", "target")}
 
 
-def summary(metric: str, values) -> dict:
-    """{"mean", "std"} over pairs (std with upstream's ddof for the metric)."""
+@dataclasses.dataclass(frozen=True)
+class Summary(Result):
+    """A metric's mean and sd over the pairs (sd with upstream's ddof, ``STD_DDOF``; None for too few pairs)."""
+    mean: float
+    std: float | None
+
+
+def summary(metric: str, values) -> Summary:
+    """``Summary`` of a metric's per-pair values (N,)."""
     v = np.asarray(values, np.float64)
     ddof = STD_DDOF.get(metric, 0)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=ddof)) if v.size > ddof else None}
+    return Summary(mean=float(v.mean()), std=float(v.std(ddof=ddof)) if v.size > ddof else None)
 
 
 def relative(means: dict[str, float], latents: dict[str, float], noise: dict[str, float]) -> Relative:

@@ -29,17 +29,29 @@ def interpolate(a, b, alpha: float, upstream: bool) -> np.ndarray:
     return out
 
 
-def input_statistics(x) -> dict:
-    """Statistics of (N, ...) inputs: mean and sd over samples of ||x_i|| / sqrt(D), mean and unbiased sd of all
-    elements, and KL(N(0, 1) || N(mean, sd^2)) (one Gaussian over all elements, noise first as Tab. 9's KL)."""
+@dataclasses.dataclass(frozen=True)
+class InputStatistics(Result):
+    """Gaussianity of (N, ...) interpolation inputs: mean and sd over samples of ||x_i|| / sqrt(D) (sd None for one
+    sample), mean and unbiased sd of all elements, and KL(N(0, 1) || N(mean, sd^2)) (one Gaussian over all elements,
+    noise first as Tab. 9's KL)."""
+    input_norm: float
+    input_norm_std: float | None
+    input_mean: float
+    input_std: float
+    input_kl: float
+
+
+def input_statistics(x) -> InputStatistics:
+    """``InputStatistics`` of (N, ...) inputs, read in blocks of ``BLOCK_ROWS`` samples."""
     from jtaba.metrics import gaussian_kl, mean_std
 
     d = int(np.prod(x.shape[1:]))
     norms = np.concatenate([np.linalg.norm(np.asarray(x[s:s + BLOCK_ROWS], np.float64).reshape(-1, d), axis=1)
                             for s in range(0, len(x), BLOCK_ROWS)]) / math.sqrt(d)
     mean, std = mean_std(x)
-    return {"input_norm": float(norms.mean()), "input_norm_std": float(norms.std(ddof=1)) if len(norms) > 1 else None,
-            "input_mean": mean, "input_std": std, "input_kl": float(gaussian_kl(0.0, 1.0, mean, std))}
+    return InputStatistics(input_norm=float(norms.mean()),
+                           input_norm_std=float(norms.std(ddof=1)) if len(norms) > 1 else None,
+                           input_mean=mean, input_std=std, input_kl=float(gaussian_kl(0.0, 1.0, mean, std)))
 
 
 def as_images(x) -> np.ndarray:
