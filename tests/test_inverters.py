@@ -9,6 +9,8 @@ Oracles (upstream function names): EDICT ``coupled_stablediffusion`` with ``forw
 acceleration in the Walker-Ni difference form, DDPM_inversion ``inversion_forward_process`` / ``reverse_step``
 (η = 1). Where jtaba deviates (the first BDIA / BELM inversion step's label, the ddpm map of a σ = 0 step), the
 oracle states it."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -365,3 +367,64 @@ def test_comparison_rows_and_tables():
               "runs": {}}
     assert "| edict (mix 0.9) | 10 + 10 | 0.500 |" in command.markdown(result)
     assert command.csv_rows(result)[0]["pixel_correlation_mean"] == row.pixel_correlation["mean"]
+
+
+# ---- every method on the latent and the text-conditioned families ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def latent_and_text_models(tmp_path_factory):
+    """The tiny random LDM (UNet2D on 3 x 8 x 8 VQ latents, its VQ decoder beside) and IF (text-conditioned, with
+    a null prompt so guidance applies) of tests/test_families.py, loaded as ``jtaba.load`` reads converted
+    checkpoints; the IF's (B, 7, 24) prompt embeddings."""
+    from tests.test_families import PROMPT_LENGTH, save_tiny_if_checkpoint, save_tiny_ldm_checkpoint
+
+    folder = tmp_path_factory.mktemp("families")
+    ldm = jtaba.load(save_tiny_ldm_checkpoint(folder / "ldm"))
+    if_dir, prompts = save_tiny_if_checkpoint(folder / "if", B)
+    np.save(os.path.join(if_dir, "null_prompt.npy"), np.zeros((PROMPT_LENGTH, 24), np.float32))
+    return ldm, jtaba.load(if_dir), np.load(prompts)
+
+
+ROUND_TRIP = (("edict", {}), ("bdia", {"gamma": 0.7}), ("belm", {}), ("ddpm", {"seed": 3}),
+              ("fixed-point", {"iterations": 2}))
+
+
+def test_every_method_on_ldm_and_if(latent_and_text_models):
+    """sample -> invert -> sample (T = 2) with every method on a latent model (LDM, decoded by its VQ decoder) and
+    a text-conditioned one (IF, prompt embeddings): the exact methods return the sample to float precision where
+    DDIM does not; fixed-point runs (its error is its iteration budget's); npi inverts with the prompt alone and
+    its guided reconstruction (the prompt as the null condition) is the prompt-conditioned one."""
+    ldm, if_model, prompts = latent_and_text_models
+    steps = 2
+    with jax.disable_jit():  # ~30 tiny loops: op by op is faster than compiling each (the ADM / DiT tests compile)
+        _round_trips_and_npi(ldm, if_model, prompts, steps)
+
+
+def _round_trips_and_npi(ldm, if_model, prompts, steps):
+    for model, cond in ((ldm, None), (if_model, prompts)):
+        assert model.conditional == (cond is not None)
+        kw = dict(steps=steps, cond=cond)
+        noise = np.random.default_rng(5).standard_normal((B, *model.sample_shape)).astype(np.float32)
+        x = jtaba.sample(model, noise, **kw).x
+        backs, inverted = {}, {}
+        for name, opts in ROUND_TRIP + (("ddim", {}),):
+            inverted[name] = jtaba.invert(model, x, method=name, **kw, **opts)
+            backs[name] = jtaba.sample(model, inverted[name], **kw).x
+        errors = {name: float(jnp.max(jnp.abs(back - x))) for name, back in backs.items()}
+        print(f"{model.family} round-trip max-abs errors (float32, T = {steps}):",
+              {k: f"{v:.2e}" for k, v in errors.items()})
+        for name in inverters.EXACT:
+            assert errors[name] < 1e-4 < errors["ddim"], (model.family, name, errors)
+        assert np.isfinite(errors["fixed-point"]), errors
+        if model.decoder is not None:  # the images the exact methods' reconstructions decode to, in one call
+            images = np.asarray(jtaba.decode(model, jnp.concatenate([x] + [backs[n] for n in inverters.EXACT])))
+            for i, name in enumerate(inverters.EXACT, 1):
+                _close(images[i * B:(i + 1) * B], images[:B], f"{model.family} {name} decoded", 1e-4)
+    inv = jtaba.invert(if_model, x, steps=steps, cond=prompts, guidance=4.0, method="npi")
+    np.testing.assert_array_equal(np.asarray(inv.x), np.asarray(inverted["ddim"].x))  # the prompt alone (w = 1)
+    np.testing.assert_array_equal(np.asarray(inv.null_cond), prompts)
+    guided = jtaba.sample(if_model, inv, steps=steps, cond=prompts, guidance=4.0)
+    assert guided.nfe == 2 * steps  # the prompt as the null condition: the guided step is the prompt's
+    np.testing.assert_allclose(np.asarray(guided.x), np.asarray(backs["ddim"]), atol=1e-5)
+    with pytest.raises(ValueError, match="npi .* needs a conditional model"):
+        jtaba.invert(ldm, np.zeros((B, *ldm.sample_shape), np.float32), steps=steps, method="npi")
