@@ -95,13 +95,14 @@ N, STEPS, PER_CLASS = 16, 3, 8  # assignment's 8 chunks of 2 pairs; approximatio
 STANDARD_RUN = ("triangles", "correlations", "variances", "normality", "plain", "assignment")
 # The analyses each family's test runs, to stay near a minute and a half on 2 CPU cores: the standard-run tables on
 # every family, and on each the analyses whose extra runs its conditioning or latent space changes most (ADM: a
-# given noise file shared with sample_invert, steps; DiT: interpolation's labels and diversity's classes; IF: swap's
+# given noise file shared with sample_invert, steps; DiT: interpolation's labels (diversity's class draw on the tiny
+# DiT is tests/test_exp_diversity.py's); IF: swap's
 # prompt embeddings). Each of the others costs 10-60 s more per family; `python -m experiments.reproduce --sizes report`
 # runs all of them on every family (measured: ADM, LDM, DiT, IF each 2-2.5 min on the shared 2 cores), and the
 # tests/test_exp_*.py files run each on ADM.
 RUN = {"adm": STANDARD_RUN + ("steps",),
        "ldm": STANDARD_RUN,
-       "dit": STANDARD_RUN + ("interpolation", "diversity"),
+       "dit": STANDARD_RUN + ("interpolation",),
        "if": STANDARD_RUN + ("swap",)}
 SPACE = {"adm": "pixels", "ldm": "VQ-VAE latents (3 x 8 x 8)", "dit": "VAE latents (4 x 16 x 16)", "if": "pixels"}
 

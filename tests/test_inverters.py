@@ -385,17 +385,18 @@ def latent_and_text_models(tmp_path_factory):
     return ldm, jtaba.load(if_dir), np.load(prompts)
 
 
-# Each method on one of the two families (the ADM and DiT tests above run all of them on both conventions; the
-# step rules do not depend on the network, so one diffusers family per method keeps this test at half the ops).
-ROUND_TRIP = {"unet2d": (("edict", {}), ("belm", {})),
-              "if_unet": (("bdia", {"gamma": 0.7}), ("ddpm", {"seed": 3}), ("fixed-point", {"iterations": 2}))}
+# The ADM and DiT tests above run every method on both conventions against the reference loops; the step rules do
+# not depend on the network, so here one two-state method on the latent family and the noise-map method (with npi)
+# on the text family show the latent / decoder and the conditioning paths (every method on both took 134 s op by
+# op on 2 cores; this subset is the suite's time budget).
+ROUND_TRIP = {"unet2d": (("belm", {}),), "if_unet": (("ddpm", {"seed": 3}),)}
 
 
 def test_every_method_on_ldm_and_if(latent_and_text_models):
-    """sample -> invert -> sample (T = 2) with each method on a latent model (LDM, decoded by its VQ decoder) or
-    a text-conditioned one (IF, prompt embeddings), DDIM on both: the exact methods return the sample to float
-    precision where DDIM does not; fixed-point runs (its error is its iteration budget's); npi inverts with the
-    prompt alone and its guided reconstruction (the prompt as the null condition) is the prompt-conditioned one."""
+    """sample -> invert -> sample (T = 2) on a latent model (LDM, decoded by its VQ decoder: belm) and a
+    text-conditioned one (IF, prompt embeddings: ddpm), DDIM on both: the exact methods return the sample to float
+    precision where DDIM does not; npi inverts with the prompt alone and its guided reconstruction (the prompt as
+    the null condition) is the prompt-conditioned one."""
     ldm, if_model, prompts = latent_and_text_models
     steps = 2
     with jax.disable_jit():  # ~30 tiny loops: op by op is faster than compiling each (the ADM / DiT tests compile)
@@ -418,7 +419,6 @@ def _round_trips_and_npi(ldm, if_model, prompts, steps):
         exact = [name for name in backs if name in inverters.EXACT]
         for name in exact:
             assert errors[name] < 1e-4 < errors["ddim"], (model.family, name, errors)
-        assert np.isfinite(errors.get("fixed-point", 0.0)), errors
         if model.decoder is not None:  # the images the exact methods' reconstructions decode to, in one call
             images = np.asarray(jtaba.decode(model, jnp.concatenate([x] + [backs[n] for n in exact])))
             for i, name in enumerate(exact, 1):
