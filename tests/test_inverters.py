@@ -399,8 +399,7 @@ def test_every_method_on_ldm_and_if(latent_and_text_models):
     the null condition) is the prompt-conditioned one."""
     ldm, if_model, prompts = latent_and_text_models
     steps = 2
-    with jax.disable_jit():  # ~30 tiny loops: op by op is faster than compiling each (the ADM / DiT tests compile)
-        _round_trips_and_npi(ldm, if_model, prompts, steps)
+    _round_trips_and_npi(ldm, if_model, prompts, steps)
 
 
 def _round_trips_and_npi(ldm, if_model, prompts, steps):
