@@ -18,6 +18,8 @@ import resource
 import sys
 import threading
 
+from jtaba import distributed_stderr
+
 MODES = ("auto", "off")
 HEARTBEAT_S = 10  # a dead peer is noticed after this long (JAX's default, 100 s, left the others waiting)
 
@@ -125,6 +127,8 @@ def initialize_from_flags(args: argparse.Namespace) -> str | None:
     where = f"at {args.coordinator}" if args.coordinator else "(coordinator detected from the cluster)"
     message = (f"error: {who} could not join the run {where} within --init-timeout={args.init_timeout} s (are all "
                f"processes started, with the same command?)")
+    # JAX aborts the process (a C++ fatal error) when a peer dies: its ~20 lines become one (before any thread starts)
+    distributed_stderr.install(args.heartbeat_timeout)
     # JAX aborts the process (a C++ fatal error) when its own deadline passes: end first, with a one-line message.
     watchdog = threading.Timer(args.init_timeout, lambda: (print(message, file=sys.stderr, flush=True), os._exit(2)))
     watchdog.daemon = True

@@ -104,3 +104,40 @@ def test_a_missing_peer_process_ends_with_one_line_after_init_timeout(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: process 0 of 2 could not join the run at")
     assert not os.listdir(tmp_path)
+
+
+PEER = """
+import argparse, os, sys, time
+from jtaba import distributed
+p = argparse.ArgumentParser()
+distributed.add_flags(p)
+args = p.parse_args(sys.argv[1:])
+distributed.initialize_from_flags(args)
+import jax
+print("joined", jax.process_index(), jax.device_count(), flush=True)
+print("a line before the peer dies", file=sys.stderr, flush=True)
+if args.process_id == 1:
+    os.kill(os.getpid(), 9)
+time.sleep(60)
+"""
+
+
+def test_a_dead_peer_ends_the_others_with_one_line():
+    import subprocess
+    import sys
+
+    from tests.processes import free_port
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", PEER, "--coordinator", f"localhost:{port}", "--num-processes",
+                               "2", "--process-id", str(i), "--heartbeat-timeout", "2"],
+                              cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    out, err = procs[0].communicate(timeout=60)
+    procs[1].communicate(timeout=10)
+    assert out.startswith("joined 0 2") and procs[1].returncode == -9
+    assert procs[0].returncode != 0  # JAX still aborts the survivor: only what it prints changes
+    assert err.splitlines() == ["a line before the peer dies",
+                                "error: process 1 stopped sending heartbeats for --heartbeat-timeout=2 s (it died or "
+                                "cannot be reached); this process ends too. Start every process again with the same "
+                                "command: finished work is kept"], err

@@ -138,6 +138,7 @@ def test_a_dead_peer_is_noticed_by_a_short_heartbeat_without_a_core_file(monkeyp
     calls, limits = [], []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(resource, "setrlimit", lambda what, value: limits.append((what, value)))
+    monkeypatch.setattr(distributed.distributed_stderr, "install", lambda heartbeat_s: None)  # not pytest's stderr
     p = argparse.ArgumentParser()
     distributed.add_flags(p)
     args = p.parse_args(["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "1"])
