@@ -141,3 +141,24 @@ def test_a_dead_peer_ends_the_others_with_one_line():
                                 "error: process 1 stopped sending heartbeats for --heartbeat-timeout=2 s (it died or "
                                 "cannot be reached); this process ends too. Start every process again with the same "
                                 "command: finished work is kept"], err
+
+
+def test_the_stderr_filter_passes_everything_but_the_fatal_abort():
+    import subprocess
+    import sys
+
+    from jtaba import distributed_stderr
+
+    record = b"E1206 13:03:04.738212   29412 coordination_service_agent.cc:289] Polled an error\n"
+    ordinary = b"progress 10%\rprogress 20%\rdone\nE: not a C++ log record\n"
+    run = [sys.executable, "-I", "-S", distributed_stderr.__file__, "5"]
+    # a C++ error record that does not end in the abort is written unchanged, and so is all other output
+    assert subprocess.run(run, input=ordinary + record + b"more\n", capture_output=True).stdout == (
+        ordinary + record + b"more\n")
+    abort = (b"F1206 13:03:04.738439   29412 client.h:80] Terminating process because the JAX distributed service "
+             b"detected fatal errors. absl::Status: UNAVAILABLE: The following tasks are unhealthy (stopped sending "
+             b"heartbeats):\n2\n3\nThe tasks have crashed.\n*** Check failure stack trace: ***\n  @ 0x7f SetError()\n")
+    out = subprocess.run(run, input=ordinary + record + abort, capture_output=True).stdout
+    assert out == ordinary + (b"error: processes 2, 3 stopped sending heartbeats for --heartbeat-timeout=5 s (it died "
+                              b"or cannot be reached); this process ends too. Start every process again with the "
+                              b"same command: finished work is kept\n")
