@@ -6,9 +6,8 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jtaba import engine, inverters
+from jtaba import checks, engine, inverters
 from jtaba import precision as precision_lib
 from jtaba.inverters import Method
 from jtaba.model import Model
@@ -76,19 +75,16 @@ def _cond(model: Model, cond, batch: int, guidance):
             raise ValueError(f"cond has batch {cond.shape[0]}, expected {batch}")
         if jnp.issubdtype(cond.dtype, jnp.integer):
             cond = cond.astype(jnp.int32)
-    elif model.conditional:
-        raise ValueError(f"this {model.family} model is conditional: pass cond (class labels or prompt embeddings)")
+    labels = cond is not None and cond.ndim == 1  # class labels (B,); prompt embeddings are (B, L, D)
+    checks.check_conditioning(model, labels, cond is not None and not labels, guided)
     null = model.null_cond(batch) if guided else None
-    if guided and cond is None:
-        raise ValueError("guidance != 1 needs a conditioning input cond")
     return cond, null, guided
 
 
 def _spec(model: Model, steps: int, invert: bool, **kw) -> engine.LoopSpec:
     if model.diffusion is None:
         raise ValueError(f"{model.family} checkpoint has no diffusion config (is it a decoder?)")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    checks.check_positive_int("steps", steps)
     return engine.LoopSpec(network=model.network, diffusion=model.diffusion, steps=steps, invert=invert, **kw)
 
 
@@ -158,9 +154,7 @@ def sample(model: Model, noise, *, steps: int, cond=None, guidance=1.0, record: 
         return _sample_method(model, noise, steps, cond, guidance, record, precision, method)
     x = inverted.x if inverted is not None else noise
     _check(model, "noise", x)
-    reason = inverters.check_model(method, model.conditional)
-    if reason:
-        raise ValueError(reason)
+    checks.check_method(method, model)
     cond, null, guided = _cond(model, cond, x.shape[0], guidance)
     if method.name == "npi" and guided:
         if inverted is None or inverted.null_cond is None:
@@ -212,21 +206,15 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
     _check(model, "x", x)
     method = _method(method, method_options)
     model, precision = _precise(model, precision)
-    reason = inverters.check_model(method, model.conditional)
-    if reason:
-        raise ValueError(reason)
-    if method.name not in ("ddim", "npi"):
-        if forward_before or (swap is not None and swap.before > 0):
-            raise ValueError(f"forward replacement and ground-truth swaps are DDIM's; method {method.name} takes "
-                             f"neither")
+    checks.check_method(method, model)
+    checks.check_forward(forward_before, steps, forward_level)
+    swap_before = int(swap.before) if swap is not None and swap.before > 0 else 0
+    checks.check_replacements(method.name, forward_before, swap_before)
+    if method.name not in checks.REPLACEABLE_METHODS:
         return _invert_method(model, x, steps, cond, guidance, record, precision, method, indices)
     if method.name == "npi":
         guidance = 1.0
     B, T = x.shape[0], steps
-    if not isinstance(forward_before, (int, np.integer)) or not 0 <= forward_before <= T:
-        raise ValueError(f"forward_before must be an int in [0, steps={T}], got {forward_before!r}")
-    if forward_level not in ("exact", "upstream"):
-        raise ValueError(f"forward_level must be 'exact' or 'upstream', got {forward_level!r}")
     forward = forward_before > 0
     if forward:
         if (forward_noise is None) == (forward_key is None):
@@ -236,11 +224,9 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
         _check(model, "forward_noise", forward_noise, B)
         forward_noise = _nhwc(forward_noise)
     cond, null, guided = _cond(model, cond, B, guidance)
-    swap_src, swap_kind, swap_before = None, None, 0
-    if swap is not None and swap.before > 0:
-        if forward:
-            raise ValueError("swap and forward_before cannot be combined")
-        swap_kind, swap_before = swap.kind, int(swap.before)
+    swap_src, swap_kind = None, None
+    if swap_before:
+        swap_kind = swap.kind
         src = swap.source
         if isinstance(src, Trajectory):
             xs, eps = src.xs, src.eps

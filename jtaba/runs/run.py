@@ -20,11 +20,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jtaba import distributed, engine, io, sharding
+from jtaba import checks, distributed, engine, io, sharding
 from jtaba import noise as noise_lib
 from jtaba.api import Swap, decode, invert, sample
 from jtaba.inverters import PAIRED as PAIRED_METHODS
-from jtaba.inverters import check_model as check_method
 from jtaba.model import Model, replicate
 from jtaba.runs.fingerprint import model_digest, settings_digest
 from jtaba.runs.reader import METRICS, Run, RunNotFinished, find_run
@@ -150,20 +149,11 @@ def _check_model(model: Model, s: RunSettings) -> bool:
     """Refuse settings this model cannot run; returns whether it takes class labels."""
     if s.swap_from is not None:
         engine.mirror_indices(model.diffusion, s.steps, s.swap_type, s.swap_before)
+    checks.check_method(s.inverter(), model)
     class_cond = model.num_classes is not None and model.conditional
-    text_cond = model.conditional and not class_cond
-    if text_cond and s.prompt_embeds is None:
-        raise ValueError(f"this {model.family} model is text-conditioned: give prompt embeddings (N, L, D) (made by "
-                         f"`python convert/if.py --prompts FILE`)")
-    if s.prompt_embeds is not None and not text_cond:
-        raise ValueError(f"prompt embeddings given, but this {model.family} model is not text-conditioned")
-    if (s.labels is not None or s.class_seed is not None) and not class_cond:
-        raise ValueError(f"class labels given, but this {model.family} model is not class-conditional")
-    method_problem = check_method(s.inverter(), model.conditional)
-    if method_problem:
-        raise ValueError(method_problem)
-    if s.guidance != 1.0 and not model.conditional:
-        raise ValueError("guidance needs a conditional model (classifier-free guidance)")
+    labels = s.labels is not None or s.class_seed is not None or class_cond  # a class-conditional run draws them
+    checks.check_conditioning(model, labels, s.prompt_embeds is not None, s.guidance != 1.0,
+                              given_as="prompt_embeds (--prompt-embeds)")
     if s.schedule_dtype and model.diffusion.kind != "diffusers":
         raise ValueError("schedule_dtype applies to diffusers models (ADM schedules are float64 -> float32)")
     return class_cond

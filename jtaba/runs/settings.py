@@ -13,11 +13,13 @@ from typing import Any, Optional
 import numpy as np
 
 from jtaba import precision as precision_lib
+from jtaba.checks import FORWARD_LEVELS as FORWARD_LEVELS  # re-exported: the flags' choices
+from jtaba.checks import check_forward, check_positive_int, check_replacements
+from jtaba.diffusion import SCHEDULE_DTYPES
 from jtaba.runs.fingerprint import array_digest
 
 DEFAULT_N = 1024
 SWAP_TYPES = ("eps", "xt")
-FORWARD_LEVELS = ("exact", "upstream")
 SWAP_FILES = {"eps": "all_t_eps_samples", "xt": "all_t_samples"}
 # What a finished run holds beyond its identity: a run with more of these serves a request for fewer.
 OUTPUT_FLAGS = ("record", "inversion", "reconstruction")
@@ -88,36 +90,28 @@ class RunSettings:
         return dataclasses.replace(self, **kw)
 
     def check(self) -> None:
-        """Refuse values that cannot run (model-independent checks; ``jtaba.runs.run`` adds the model's)."""
-        for name in ("steps", "batch"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.n is not None and (not isinstance(self.n, (int, np.integer)) or self.n < 1):
-            raise ValueError(f"n must be a positive int, got {self.n!r}")
-        if not 0 <= self.forward_before <= self.steps:
-            raise ValueError(f"forward_before must be in [0, steps={self.steps}], got {self.forward_before}")
-        if self.forward_level not in FORWARD_LEVELS:
-            raise ValueError(f"forward_level must be one of {FORWARD_LEVELS}, got {self.forward_level!r}")
+        """Refuse values that cannot run (model-independent checks, the rules shared with ``jtaba.api`` in
+        ``jtaba.checks``; ``jtaba.runs.run`` adds the model's)."""
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch", self.batch)
+        if self.n is not None:
+            check_positive_int("n", self.n)
+        check_forward(self.forward_before, self.steps, self.forward_level)
         if self.swap_type not in SWAP_TYPES:
             raise ValueError(f"swap_type must be one of {SWAP_TYPES}, got {self.swap_type!r}")
         if self.swap_from is not None and self.swap_before <= 0:
             raise ValueError("swap_from needs swap_before > 0")
         if self.swap_from is None and self.swap_before:
             raise ValueError("swap_before needs swap_from (a recorded sampling run)")
-        if self.forward_before and self.swap_from is not None:
-            raise ValueError("forward replacement and a ground-truth swap cannot be combined")
+        check_replacements(self.inverter().name, self.forward_before, self.swap_before)
         if self.forward_noise is not None and not self.forward_before:
             raise ValueError("forward_noise needs forward_before > 0")
         if self.labels is not None and self.class_seed is not None:
             raise ValueError("labels and class_seed cannot be combined")
         if self.reconstruction and not self.inversion:
             raise ValueError("reconstruction needs inversion (set reconstruction=False)")
-        if self.inverter().name not in ("ddim", "npi") and (self.forward_before or self.swap_from is not None):
-            raise ValueError(f"forward replacement and ground-truth swaps are DDIM's; method {self.method} takes "
-                             f"neither")
-        if self.schedule_dtype not in (None, "float32", "float16"):
-            raise ValueError(f"schedule_dtype must be float32 or float16, got {self.schedule_dtype!r}")
+        if self.schedule_dtype not in (None, *SCHEDULE_DTYPES):
+            raise ValueError(f"schedule_dtype must be one of {', '.join(SCHEDULE_DTYPES)}, got {self.schedule_dtype!r}")
         precision_lib.check(self.precision)
 
 
