@@ -86,12 +86,13 @@ def compute(ws, opts: Options) -> dict:
     inv_run = ws.run(opts.run_settings(record=True, reconstruction=False, swap_from=truth_run, swap_before=s - 1,
                                        swap_type="xt"), "teacher-forced inversion")
     err = analysis.of_runs(diffusion, opts.steps, truth_run, inv_run, opts.threshold, opts.early_fraction)
+    tables = err.to_json()
     return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
             "threshold": opts.threshold, "early_fraction": opts.early_fraction, "early_steps": err.early_steps,
             "diffusion_kind": diffusion.kind, "measured_steps": s, "swap_before": s - 1,
             "sampling_run": truth_run.path, "inversion_run": inv_run.path, "plain_fraction": err.plain_fraction,
             "normalisation": "mean |ground truth| of the step (ε: the sampling run's model output; x_t: its state)",
-            "step": list(range(s)), "per_step": err.per_step, "table": err.table}
+            "step": list(range(s)), "per_step": tables["per_step"], "table": tables["table"]}
 
 
 def interval_name(result: dict, interval: str) -> str:

@@ -67,7 +67,7 @@ def compute(ws, opts: Options) -> dict:
         tri = triangles.triangle_stats(noise, samples, latents).to_json()
         tri.pop("histograms")  # 3 x 178 numbers per T: in triangles.json for one T
         rows.append({"steps": steps, "run": run.path, **tri,
-                     "accuracy": accuracies(noise, samples, latents, opts.divs)})
+                     "accuracy": accuracies(noise, samples, latents, opts.divs).to_json()})
     return {"model": ws.tag, "n": opts.n, "steps": list(opts.all_steps), "seed": opts.seed,
             "precision": opts.precision, "divs": opts.divs, "chunk": opts.n // opts.divs, "rows": rows}
 

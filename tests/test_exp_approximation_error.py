@@ -85,23 +85,23 @@ def test_ground_truth_indices(kind):
                                     steps_offset=1)
     truth, inv = fake_runs(T)
     arrays = step_arrays(diffusion, T, truth, inv)
-    S = len(arrays["eps"][0])
+    S = len(arrays.eps.approx)
     # upstream ddim.py / invert_swap: ADM eps gt = all_t_eps_samples[T-2-i], state after step i = all_t_samples[T-3-i]
     # (the noise after step T-2), i < T-1; diffusers: eps gt [T-1-i], state after step i [T-2-i], i < T
     shift = 1 if kind == "adm" else 0
     assert S == T - shift
     for i in range(S):
-        assert float(arrays["eps"][0][i][0, 0, 0, 0]) == 300 + i
-        assert float(arrays["eps"][1][i][0, 0, 0, 0]) == 200 + (T - 1 - shift - i)
+        assert float(arrays.eps.approx[i][0, 0, 0, 0]) == 300 + i
+        assert float(arrays.eps.truth[i][0, 0, 0, 0]) == 200 + (T - 1 - shift - i)
         want_x = -1.0 if i == S - 1 else 100 + (T - 2 - shift - i)
-        assert float(arrays["xt"][1][i][0, 0, 0, 0]) == want_x
+        assert float(arrays.xt.truth[i][0, 0, 0, 0]) == want_x
     if kind == "diffusers":  # state after inversion step i at the target level t_i = iΔ + offset: √ᾱ·x0 + √(1−ᾱ)·ε
         betas = np.linspace(0.0001, 0.02, 1000, dtype=np.float64)
         abar = np.cumprod(1 - betas)
         for i in range(S):
             a = abar[i * (1000 // T) + 1]
             want = np.sqrt(a) * (400 + i) + np.sqrt(1 - a) * (300 + i)
-            np.testing.assert_allclose(arrays["xt"][0][i], want, rtol=1e-5)
+            np.testing.assert_allclose(arrays.xt.approx[i], want, rtol=1e-5)
 
 
 def test_too_few_steps():

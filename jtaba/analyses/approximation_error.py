@@ -11,6 +11,7 @@ two runs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,13 +23,60 @@ AREAS = ("plain", "non_plain", "all")
 
 
 @dataclasses.dataclass(frozen=True)
+class StepErrors(Result):
+    """One quantity's errors per measured inversion step, (S,) float64 each (``approximation_errors``): mean
+    |approx − truth| over the plain, non-plain and all positions divided by ``scale``, the step's mean |truth|;
+    the ``raw_`` means before dividing. An empty area is NaN."""
+    plain: np.ndarray
+    non_plain: np.ndarray
+    all: np.ndarray
+    scale: np.ndarray
+    raw_plain: np.ndarray
+    raw_non_plain: np.ndarray
+    raw_all: np.ndarray
+
+    def to_json(self) -> dict:
+        return {k: v.tolist() for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalSums(Result):
+    """Tab. 6 for one quantity and area: the per-step errors summed over the first ``early_steps`` steps, over the
+    rest and over all, and early / total (NaN for a zero total)."""
+    early: float
+    rest: float
+    total: float
+    early_share: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ApproximationErrors(Result):
-    """Fig. 4 and Tab. 6: ``per_step`` {quantity: {area: (S,) normalised errors, "scale": (S,)}}, ``table``
-    {quantity: {area: {"early", "rest", "total"}}} over the first ``early_steps`` steps, and the plain share."""
+    """Fig. 4 and Tab. 6: ``per_step`` and ``table`` by quantity (``QUANTITIES``), ``table`` then by area
+    (``AREAS``), over the first ``early_steps`` steps; the share of plain positions in the final samples."""
     early_steps: int
     plain_fraction: float
-    per_step: dict
-    table: dict
+    per_step: dict[str, StepErrors]
+    table: dict[str, dict[str, IntervalSums]]
+
+    def to_json(self) -> dict:
+        return {"early_steps": self.early_steps, "plain_fraction": self.plain_fraction,
+                "per_step": {q: e.to_json() for q, e in self.per_step.items()},
+                "table": {q: {area: t.to_json() for area, t in by_area.items()} for q, by_area in self.table.items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPair:
+    """The approximated and the ground-truth values of one quantity: sequences of S (N, C, H, W) arrays, item i
+    for inversion step i (lazy: read when indexed)."""
+    approx: Sequence[np.ndarray]
+    truth: Sequence[np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepArrays:
+    """What ``error_tables`` compares, per quantity: the ε the inversion used and the state after each step."""
+    eps: StepPair
+    xt: StepPair
 
 
 def measured_steps(kind: str, steps: int) -> int:
@@ -55,13 +103,13 @@ class _Steps:
         return self.fn(i)
 
 
-def step_arrays(diffusion, steps: int, truth_run, inv_run) -> dict:
-    """{"eps" | "xt": (approx, ground truth)}, lazy sequences over the measured inversion steps i (see the module
-    docstring for the indices; ``jtaba.engine.mirror_indices`` holds the convention). ``truth_run``: the recorded
-    sampling run; ``inv_run``: the recorded teacher-forced (x_t-swapped) inversion of its samples, whose
-    all_t_eps_latents[i] is the ε step i computed at the ground-truth state. The state after step i is rebuilt from
-    the recorded x0 and ε of that step with the inversion's coefficients (x' = √ᾱ_dst·x0 + √(1−ᾱ_dst)·ε, float32 as
-    the engine), because the swap records the ground truth in place of it."""
+def step_arrays(diffusion, steps: int, truth_run, inv_run) -> StepArrays:
+    """``StepArrays`` over the measured inversion steps i (see the module docstring for the indices;
+    ``jtaba.engine.mirror_indices`` holds the convention). ``truth_run``: the recorded sampling run; ``inv_run``:
+    the recorded teacher-forced (x_t-swapped) inversion of its samples, whose all_t_eps_latents[i] is the ε step i
+    computed at the ground-truth state. The state after step i is rebuilt from the recorded x0 and ε of that step
+    with the inversion's coefficients (x' = √ᾱ_dst·x0 + √(1−ᾱ_dst)·ε, float32 as the engine), because the swap
+    records the ground truth in place of it."""
     s = measured_steps(diffusion.kind, steps)
     eps_j = engine.mirror_indices(diffusion, steps, "eps", s)
     xt_j = engine.mirror_indices(diffusion, steps, "xt", s)
@@ -73,21 +121,21 @@ def step_arrays(diffusion, steps: int, truth_run, inv_run) -> dict:
         a, b = np.float32(table.sqrt_a_dst[i]), np.float32(table.sqrt_1m_a_dst[i])
         return a * np.asarray(x0_inv[i], np.float32) + b * np.asarray(eps_inv[i], np.float32)
 
-    return {"eps": (_Steps(s, lambda i: eps_inv[i]), _Steps(s, lambda i: eps_gt[eps_j[i]])),
-            "xt": (_Steps(s, x_after), _Steps(s, lambda i: noise if xt_j[i] < 0 else xs_gt[xt_j[i]]))}
+    return StepArrays(eps=StepPair(_Steps(s, lambda i: eps_inv[i]), _Steps(s, lambda i: eps_gt[eps_j[i]])),
+                      xt=StepPair(_Steps(s, x_after), _Steps(s, lambda i: noise if xt_j[i] < 0 else xs_gt[xt_j[i]])))
 
 
-def error_tables(arrays: dict, mask, steps: int, early_fraction: float) -> dict:
-    """Per-step normalised errors and the Tab. 6 sums of each quantity and area."""
+def error_tables(arrays: StepArrays, mask, steps: int, early_fraction: float) -> ApproximationErrors:
+    """``ApproximationErrors`` of ``arrays`` with the (N, H, W) plain mask (True = plain) of the final samples,
+    T = ``steps`` splitting Tab. 6 after round(early_fraction·T) steps."""
     from jtaba.metrics import approximation_errors, early_rest_sums, early_steps
 
     n_early = early_steps(steps, early_fraction)
-    out = {"early_steps": n_early, "per_step": {}, "table": {}}
-    for q in QUANTITIES:
-        e = approximation_errors(*arrays[q], mask)
-        out["per_step"][q] = e
-        out["table"][q] = {area: early_rest_sums(e[area], n_early) for area in AREAS}
-    return out
+    per_step = {q: StepErrors(**approximation_errors(pair.approx, pair.truth, mask))
+                for q, pair in zip(QUANTITIES, (arrays.eps, arrays.xt))}
+    table = {q: {area: IntervalSums(**early_rest_sums(getattr(e, area), n_early)) for area in AREAS}
+             for q, e in per_step.items()}
+    return ApproximationErrors(n_early, float(np.mean(mask)), per_step, table)
 
 
 def of_runs(diffusion, steps: int, truth_run, inv_run, threshold: float = 0.025,
@@ -97,5 +145,4 @@ def of_runs(diffusion, steps: int, truth_run, inv_run, threshold: float = 0.025,
     from jtaba.metrics import find_plain_areas
 
     mask = find_plain_areas(truth_run["samples"], threshold)
-    err = error_tables(step_arrays(diffusion, steps, truth_run, inv_run), mask, steps, early_fraction)
-    return ApproximationErrors(err["early_steps"], float(mask.mean()), err["per_step"], err["table"])
+    return error_tables(step_arrays(diffusion, steps, truth_run, inv_run), mask, steps, early_fraction)

@@ -20,25 +20,76 @@ DIRECTIONS = {"image_to_noise": ("noise", "img_to_noise"), "noise_to_image": ("n
 
 
 @dataclasses.dataclass(frozen=True)
+class Accuracy(Result):
+    """One direction's accuracy in percent: mean and unbiased sd over the chunks (NaN for one chunk) and the
+    accuracy of each chunk (``divs`` values)."""
+    mean: float
+    std: float
+    per_div: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Accuracies(Result):
+    """Tab. 8 / Tab. 11 row: the four directions of ``DIRECTIONS`` (x -> y: the share of x whose nearest y is its
+    own partner)."""
+    image_to_noise: Accuracy
+    noise_to_image: Accuracy
+    image_to_latent: Accuracy
+    latent_to_image: Accuracy
+
+
+@dataclasses.dataclass(frozen=True)
+class AttractorTable(Result):
+    """Fig. 12B-C / 13 for one set x: the sample indices nearest to the most items of x (most first, ties by index),
+    how many items each is nearest to, their ranks (0 = lowest) by pixel variance and by mean square (distance to
+    the zero image); how many distinct samples are nearest to some item, of ``items`` items."""
+    index: list[int]
+    count: list[int]
+    variance_rank: list[int]
+    origin_rank: list[int]
+    distinct_nearest: int
+    items: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LowestVariance(Result):
+    """The least variant samples (indices, lowest first) and their unbiased pixel variances."""
+    index: list[int]
+    variance: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongAssignments(Result):
+    """Fig. 12A: the first shown noises of the first chunk (``chunk`` pairs) whose nearest sample is not their own:
+    noise index, assigned sample index, mean squared distance to their own and to the assigned sample; ``wrong``:
+    how many of the chunk's noises are wrongly assigned (all of them, not only those shown)."""
+    noise_index: list[int]
+    assigned: list[int]
+    mse_own: list[float]
+    mse_assigned: list[float]
+    wrong: int
+    chunk: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AssignmentStats(Result):
-    """Tab. 8 and Fig. 12-13 of one set: ``accuracy`` {direction: {"mean", "std", "per_div"}} (percent);
-    ``attractors`` {"noise" / "latent": {"index", "count", "variance_rank", "origin_rank", "distinct_nearest",
-    "items"}}; ``lowest_variance`` {"index", "variance"}; the median sample variance; ``wrong_noise_to_image``
-    (Fig. 12A: {"noise_index", "assigned", "mse_own", "mse_assigned", "wrong", "chunk"} of the first chunk)."""
-    accuracy: dict
-    attractors: dict
-    lowest_variance: dict
+    """Tab. 8 and Fig. 12-13 of one set: the accuracies, the attractors of the noises and of the latents ({"noise",
+    "latent"}), the least variant samples, the median sample variance and Fig. 12A's wrong noise -> image
+    assignments."""
+    accuracy: Accuracies
+    attractors: dict[str, AttractorTable]
+    lowest_variance: LowestVariance
     median_variance: float
-    wrong_noise_to_image: dict
+    wrong_noise_to_image: WrongAssignments
 
 
-def accuracies(noise, samples, latents, divs: int) -> dict:
-    """The four directions {key: {"mean", "std", "per_div"}} in percent (``assignment_accuracy_divs``)."""
+def accuracies(noise, samples, latents, divs: int) -> Accuracies:
+    """The four directions' accuracies over ``divs`` chunks (``assignment_accuracy_divs``)."""
     from jtaba.metrics import assignment_accuracy_divs
 
     sets = {"noise": noise, "latents": latents}
     by_x = {k: assignment_accuracy_divs(sets[k], samples, divs) for k in sets}
-    return {key: by_x[x][direction] for key, (x, direction) in DIRECTIONS.items()}
+    return Accuracies(**{key: Accuracy(**by_x[x][direction]) for key, (x, direction) in DIRECTIONS.items()})
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -48,21 +99,21 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return rank
 
 
-def attractor_table(x, samples, top: int, ranks: dict) -> dict:
-    """The ``top`` samples nearest to the most items of ``x``: indices, counts, their ranks in ``ranks``
-    ({"variance_rank": (N,), "origin_rank": (N,)}); how many distinct samples are nearest to some x."""
+def attractor_table(x, samples, top: int, variance_rank: np.ndarray, origin_rank: np.ndarray) -> AttractorTable:
+    """The ``top`` samples nearest to the most items of ``x`` (over all N at once), with their ranks from the (N,)
+    ``variance_rank`` and ``origin_rank`` of the samples."""
     from jtaba.metrics import attractor_counts, most_attractive
 
     counts = attractor_counts(x, samples)
     idx = most_attractive(counts, top)
-    return {"index": idx.tolist(), "count": counts[idx].tolist(), **{k: r[idx].tolist() for k, r in ranks.items()},
-            "distinct_nearest": int((counts > 0).sum()), "items": len(counts)}
+    return AttractorTable(index=idx.tolist(), count=counts[idx].tolist(), variance_rank=variance_rank[idx].tolist(),
+                          origin_rank=origin_rank[idx].tolist(), distinct_nearest=int((counts > 0).sum()),
+                          items=len(counts))
 
 
-def wrong_assignments(noise, samples, chunk: int, top: int) -> dict:
-    """Fig. 12A: the first ``top`` noises of the first chunk whose nearest sample (mean squared distance, within the
-    chunk as the accuracies) is not their own: noise index, assigned sample index, MSE to their own and to the
-    assigned sample, and how many of the chunk's noises are wrong."""
+def wrong_assignments(noise, samples, chunk: int, top: int) -> WrongAssignments:
+    """Fig. 12A: up to ``top`` wrongly assigned noises of the first ``chunk`` pairs (nearest sample by mean squared
+    distance, within the chunk as the accuracies)."""
     from jtaba.metrics import nearest_indices
 
     x, y = np.asarray(samples[:chunk], np.float64), np.asarray(noise[:chunk], np.float64)
@@ -73,9 +124,9 @@ def wrong_assignments(noise, samples, chunk: int, top: int) -> dict:
         return float(np.mean(np.square(y[i] - x[j])))
 
     shown = wrong[:top]
-    return {"noise_index": shown.tolist(), "assigned": assigned[shown].tolist(),
-            "mse_own": [mse(i, i) for i in shown], "mse_assigned": [mse(i, assigned[i]) for i in shown],
-            "wrong": int(len(wrong)), "chunk": chunk}
+    return WrongAssignments(noise_index=shown.tolist(), assigned=assigned[shown].tolist(),
+                            mse_own=[mse(i, i) for i in shown], mse_assigned=[mse(i, assigned[i]) for i in shown],
+                            wrong=int(len(wrong)), chunk=chunk)
 
 
 def assignment_stats(noise, samples, latents, divs: int = 8, top: int = 8) -> AssignmentStats:
@@ -84,12 +135,12 @@ def assignment_stats(noise, samples, latents, divs: int = 8, top: int = 8) -> As
     from jtaba.metrics import lowest_variance, sample_mean_squares, sample_variances
 
     var = sample_variances(samples)
-    ranks = {"variance_rank": _ranks(var), "origin_rank": _ranks(sample_mean_squares(samples))}
+    variance_rank, origin_rank = _ranks(var), _ranks(sample_mean_squares(samples))
     low_idx, low_var = lowest_variance(samples, top)
     return AssignmentStats(
         accuracy=accuracies(noise, samples, latents, divs),
-        attractors={"noise": attractor_table(noise, samples, top, ranks),
-                    "latent": attractor_table(latents, samples, top, ranks)},
-        lowest_variance={"index": low_idx.tolist(), "variance": low_var.tolist()},
+        attractors={"noise": attractor_table(noise, samples, top, variance_rank, origin_rank),
+                    "latent": attractor_table(latents, samples, top, variance_rank, origin_rank)},
+        lowest_variance=LowestVariance(index=low_idx.tolist(), variance=low_var.tolist()),
         median_variance=float(np.median(var)),
         wrong_noise_to_image=wrong_assignments(noise, samples, len(noise) // divs, top))
