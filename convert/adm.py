@@ -26,6 +26,7 @@ from convert.common import (
     identity,
     load_state_dict,
     read_flags_file,
+    source_errors,
     staged_output,
     usage_name,
 )
@@ -144,10 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             fail(str(e))
         except Exception as e:  # torch.load raises RuntimeError / UnpicklingError / OSError on bad files
             fail(f"cannot read {args.src}: {type(e).__name__}: {e}")
-        try:
+        with source_errors():
             config_dict, params = convert(state, flags, source_name=args.src)
-        except (ConversionError, ValueError) as e:
-            fail(str(e))
         del state
         save_checkpoint(args.out, config_dict, params)
         print(f"converted (adm, {config_dict['model']['image_size']}px)")

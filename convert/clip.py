@@ -41,13 +41,13 @@ from convert.common import (
     fail,
     load_state_dict,
     require,
+    save_converted,
     staged_output,
     to_numpy,
     usage_name,
 )
 from convert.dino import encoder_rules, fetch, layernorm, weights_file
 from jtaba import io
-from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import clip as C
 from jtaba.metrics import vit_features as V
@@ -210,13 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--prompts {args.prompts}: no prompts in it")
     with staged_output(args):
         folder = fetch(args.src, TOKENIZER_FILES)
-        try:
-            config, params = convert_folder(folder)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        config["extras"]["src"] = args.src
+        config, params = save_converted(args.out, lambda: convert_folder(folder), extras={"src": args.src})
         cfg = C.Config.from_dict(config["model"])
-        save_checkpoint(args.out, config, params)
         copied = copy_tokenizer(folder, args.out)
         if prompts is not None:
             if not {"vocab.json", "merges.txt"} <= set(copied):

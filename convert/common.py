@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Sequenc
 import numpy as np
 
 from jtaba import io
+from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import program_name
 
 
@@ -347,3 +348,26 @@ def staged_output(args: argparse.Namespace) -> Iterator[None]:
     finally:
         args.out = final
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def source_errors() -> Iterator[None]:
+    """Exit with the one-line error of a source that does not convert: ``ConversionError`` (its keys),
+    ``ValueError`` (a damaged file, a bad config) or ``FileNotFoundError`` (a missing file)."""
+    try:
+        yield
+    except (ConversionError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+
+
+def save_converted(out: str, convert: Callable[[], tuple[dict, Any]],
+                   extras: Mapping[str, Any] | None = None) -> tuple[dict, Any]:
+    """A converter's last step, inside ``staged_output``: ``convert()`` -> (config dict, params tree) (a source that
+    does not convert exits with its one-line error), ``extras`` added to the config's "extras", saved as a jtaba
+    checkpoint in ``out``; returns (config, params)."""
+    with source_errors():
+        config, params = convert()
+    if extras:
+        config["extras"].update(extras)
+    save_checkpoint(out, config, params)
+    return config, params

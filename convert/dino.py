@@ -36,11 +36,11 @@ from convert.common import (
     hub_message,
     load_state_dict,
     require,
+    save_converted,
     staged_output,
     usage_name,
 )
 from jtaba import io
-from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import dino as D
 from jtaba.metrics import vit_features as V
@@ -219,12 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):
         folder = fetch(args.src)
-        try:
-            config, params = convert_folder(folder)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        config["extras"]["src"] = args.src
-        save_checkpoint(args.out, config, params)
+        config, _ = save_converted(args.out, lambda: convert_folder(folder), extras={"src": args.src})
         print(f"converted ViT {args.src} ({config['model']['num_layers']} layers, width "
               f"{config['model']['hidden_size']})")
 

@@ -38,6 +38,7 @@ from convert.common import (
     hub_download,
     identity,
     load_state_dict,
+    source_errors,
     staged_output,
     to_numpy,
     usage_name,
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     with staged_output(args):
         source = resolve_source(args)
         extras = source["extras"]
-        try:
+        with source_errors():
             vae_folder = None if source["vae"] is None else resolve_vae(source["vae"])
             diffusion = check_before_weights(source, args, vae_folder)
             if vae_folder is not None:
@@ -364,8 +365,6 @@ def main(argv: list[str] | None = None) -> None:
                                                    source_name=tdir)
             del state
             diffusion = diffusion.replace(learned_sigma=config.learn_sigma)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
         extras.update(latent=True, guidance=args.guidance, decoder="decoder" if vae_folder is not None else None)
         save_checkpoint(args.out, {"family": "dit", "model": config.to_dict(), "diffusion": diffusion.to_dict(),
                                    "extras": extras}, params)

@@ -48,15 +48,14 @@ from convert.common import (
     apply_rules,
     conv2d,
     eval_shapes,
-    fail,
     load_state_dict,
+    save_converted,
     source_shape,
     staged_output,
     to_numpy,
     usage_name,
 )
 from convert.dino import encoder_rules, first, flat, layernorm
-from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import dreamsim as S
 
@@ -275,11 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with staged_output(args):
-        try:
-            config, params = convert_folder(args.src)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        save_checkpoint(args.out, config, params)
+        config, _ = save_converted(args.out, lambda: convert_folder(args.src))
         print(f"converted DreamSim ensemble from {args.src} ({config['extras']['lora']['merged_modules']} LoRA "
               f"adapters merged)")
 

@@ -47,7 +47,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from convert.common import (
-    ConversionError,
     Rule,
     add_common_args,
     apply_rules,
@@ -57,6 +56,7 @@ from convert.common import (
     hub_message,
     load_state_dict,
     require,
+    source_errors,
     staged_output,
     usage_name,
 )
@@ -379,15 +379,13 @@ def main(argv: list[str] | None = None) -> None:
         local = os.path.isdir(args.src)
         if not local and os.path.exists(args.src):
             fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ scheduler/)")
-        try:
+        with source_errors():
             folder = args.src if local else fetch_configs(args.src)
             config, _, _ = plan_folder(folder)  # every option checked before the weights are fetched / read
             null = read_null_prompt(args.null_prompt_embeds, config) if args.null_prompt_embeds else None
             if not local:
                 folder = fetch_weights(args.src)
             config_dict, params = convert_folder(folder, args.param_dtype)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
         enc_src = None if not uses_t5 else (args.text_encoder or args.src)
         null_source = "t5" if null is None else os.path.abspath(args.null_prompt_embeds)
         config_dict["extras"] = {

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from convert.common import (
-    ConversionError,
     Rule,
     add_common_args,
     apply_rules,
@@ -30,11 +29,11 @@ from convert.common import (
     eval_shapes,
     fail,
     load_state_dict,
+    save_converted,
     source_shape,
     staged_output,
     usage_name,
 )
-from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import inception as I
 
@@ -118,11 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isfile(src):
         fail(f"--src {src}: no such file")
     with staged_output(args):
-        try:
-            config, params = convert_state(load_state_dict(src), source_name=src)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        save_checkpoint(args.out, config, params)
+        config, _ = save_converted(args.out, lambda: convert_state(load_state_dict(src), source_name=src))
         print(f"converted the FID Inception-v3 ({config['model']['num_classes']} logits)")
 
 

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from convert.common import (
-    ConversionError,
     add_common_args,
     apply_rules,
     check_source,
@@ -26,6 +25,7 @@ from convert.common import (
     fail,
     hub_download,
     load_state_dict,
+    source_errors,
     staged_output,
     usage_name,
 )
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--src {args.src}: expected a hub id or a pipeline folder (unet/ vqvae/ scheduler/)")
         folder = args.src if os.path.isdir(args.src) else fetch(args.src)
         decoder_dir = os.path.join(args.out, "decoder")
-        try:  # one model in memory at a time
+        with source_errors():  # one model in memory at a time
             check_configs(folder)  # all present and valid before any weights are read
             unet_ckpt, params = convert_unet_folder(folder)
             unet_ckpt["extras"]["source"] = args.src
@@ -142,8 +142,6 @@ def main(argv: list[str] | None = None) -> None:
             vq_ckpt, params = convert_vq_folder(folder)
             vq_ckpt["extras"]["source"] = args.src
             save_checkpoint(decoder_dir, vq_ckpt, params)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
         print(f"converted (unet2d, {unet_ckpt['model']['block_out_channels']} channels) and {decoder_dir} (vq)")
 
 

@@ -36,11 +36,11 @@ from convert.common import (
     eval_shapes,
     fail,
     load_state_dict,
+    save_converted,
     staged_output,
     to_numpy,
     usage_name,
 )
-from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import lpips as L
 
@@ -221,14 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     source = resolve_sources(args)
     with staged_output(args):
-        try:
-            if "state" in source:
-                config, params = convert_state(load_state_dict(source["state"]), args.net, source["state"])
-            else:
-                config, params = convert_files(source["trunk"], source["lin"], args.net)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        save_checkpoint(args.out, config, params)
+        if "state" in source:
+            save_converted(args.out, lambda: convert_state(load_state_dict(source["state"]), args.net, source["state"]))
+        else:
+            save_converted(args.out, lambda: convert_files(source["trunk"], source["lin"], args.net))
         print(f"converted LPIPS v0.1 ({args.net})")
 
 

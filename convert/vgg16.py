@@ -28,11 +28,11 @@ from convert.common import (
     eval_shapes,
     fail,
     load_state_dict,
+    save_converted,
     source_shape,
     staged_output,
     usage_name,
 )
-from jtaba.checkpoint import save_checkpoint
 from jtaba.cli import HelpFormatter, entry_point
 from jtaba.metrics import vgg16 as V
 
@@ -118,11 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"downloading {WEIGHTS_URL} into {hub_checkpoints()}")
         torch.hub.load_state_dict_from_url(WEIGHTS_URL, progress=True)
     with staged_output(args):
-        try:
-            config, params = convert_state(load_state_dict(src), source_name=src)
-        except (ConversionError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
-        save_checkpoint(args.out, config, params)
+        _, params = save_converted(args.out, lambda: convert_state(load_state_dict(src), source_name=src))
         print(f"converted VGG16 ({len(jax.tree_util.tree_leaves(params))} tensors)")
 
 
