@@ -224,9 +224,8 @@ def invert(model: Model, x, *, steps: int, cond=None, guidance=1.0, record: bool
         _check(model, "forward_noise", forward_noise, B)
         forward_noise = _nhwc(forward_noise)
     cond, null, guided = _cond(model, cond, B, guidance)
-    swap_src, swap_kind = None, None
+    swap_src, swap_kind = None, (swap.kind if swap_before else None)
     if swap_before:
-        swap_kind = swap.kind
         src = swap.source
         if isinstance(src, Trajectory):
             xs, eps = src.xs, src.eps
