@@ -51,6 +51,7 @@ import numpy as np
 from jtaba import cli, io, plotting
 from jtaba.analyses import alignment as analysis
 from jtaba.analyses.alignment import aggregate, compare, metric_role, set_features
+from jtaba.metrics.alignment import SVCCA_METHODS
 from jtaba.precision import PRECISIONS
 from jtaba.runs import StandardOptions
 from jtaba.train.export import run_name
@@ -115,7 +116,7 @@ def build_parser():
                         "(default: each run's last saved step; upstream 700,000 for CIFAR-10)")
     p.add_argument("--knn-k", type=int, default=d.knn_k,
                    help="nearest neighbours of the knn overlap (upstream 50; capped at N - 1)")
-    p.add_argument("--svcca-method", choices=("exact", "upstream"), default=d.svcca_method,
+    p.add_argument("--svcca-method", choices=SVCCA_METHODS, default=d.svcca_method,
                    help="exact: exact SVD and CCA; upstream: App. G.3's randomized svd_lowrank(q=10, niter=2) and "
                         "sklearn's iterative CCA with 1e-10 jitter (seeded by --seed)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,

@@ -69,7 +69,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from jtaba import cli, io, plotting
+from jtaba import checks, cli, io, plotting
 from jtaba.analyses.interpolation import (
     INCEPTION_METRICS,
     PR_K,
@@ -82,7 +82,6 @@ from jtaba.analyses.interpolation import (
     scoring_features,
 )
 from jtaba.runs import StandardOptions
-from jtaba.runs.settings import FORWARD_LEVELS
 
 FID_PROTOCOLS = ("pytorch-fid", "torch-fidelity")
 NETWORK_NAMES = {"inception": "FID Inception", "vgg16": "VGG16"}
@@ -126,7 +125,7 @@ def build_parser():
                    help="K values (comma-separated): one source per K, latents whose first K inversion steps are "
                         "replaced by forward diffusion (upstream 'latents_ours': K = 2; Tab. 12: several K at "
                         "α = 0.5); 'none' for no such source")
-    p.add_argument("--forward-level", choices=FORWARD_LEVELS, default=Options.forward_level,
+    p.add_argument("--forward-level", choices=checks.FORWARD_LEVELS, default=Options.forward_level,
                    help="noise level of the forward replacement: exact (the level the K-th inversion step reaches) "
                         "or upstream (the diffusers level of the ICLR scripts, Tab. 12; as exact for ADM)")
     p.add_argument("--swap-steps", default="none",
@@ -242,12 +241,11 @@ def load_reference(path: str, n: int | None):
 
 # ---- compute -----------------------------------------------------------------------------------------------------
 def check_model(model, opts: Options) -> bool:
-    """Whether the model takes class labels; a text-conditioned model needs --prompt-embeds (every run of sets A and
-    B and every interpolant then shares those prompts)."""
+    """Whether the model takes class labels (the analysis draws them); a text-conditioned model needs
+    --prompt-embeds (every run of sets A and B and every interpolant then shares those prompts)."""
     class_cond = model.num_classes is not None and model.conditional
-    if model.conditional and not class_cond and opts.prompt_embeds is None:
-        raise ValueError(f"this {model.family} model is text-conditioned: give --prompt-embeds (N, L, D), shared by "
-                         f"sets A and B and every interpolant")
+    checks.check_conditioning(model, labels=class_cond, prompts=opts.prompt_embeds is not None, guided=False,
+                              given_as="--prompt-embeds")
     return class_cond
 
 

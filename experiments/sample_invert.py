@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from jtaba import cli
+from jtaba import checks, cli
 
 
 def build_parser():
@@ -40,7 +40,7 @@ def build_parser():
     fwd.add_argument("--forward-seed", type=int, default=42,
                      help="seed of the forward-diffusion noise (its own stream, per sample index)")
     fwd.add_argument("--forward-noise", metavar="FILE.npy", help="forward-diffusion noise (N, C, H, W) to use instead")
-    fwd.add_argument("--forward-level", choices=("exact", "upstream"), default="exact",
+    fwd.add_argument("--forward-level", choices=checks.FORWARD_LEVELS, default="exact",
                      help="exact: the level K inversion steps reach; upstream: taba's diffusers-path level, one "
                           "step further (identical for ADM)")
     swp = p.add_argument_group("ground-truth swap (replace the first K inversion steps' eps or x_t)")

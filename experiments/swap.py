@@ -39,13 +39,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from jtaba import cli, io, plotting
+from jtaba import checks, cli, io, plotting
 from jtaba.analyses import swap as analysis
 from jtaba.analyses.swap import forward_levels_coincide, run_metrics, swap_range_note
 from jtaba.runs import StandardOptions
+from jtaba.runs.settings import SWAP_TYPES
 
-SWAP_TYPES = ("eps", "xt")
-FORWARD_LEVELS = ("exact", "upstream")
 METHODS = ("eps_swap", "xt_swap", "forward_exact", "forward_upstream")
 METHOD_LABELS = {"eps_swap": "ε swap (ground truth)", "xt_swap": "$x_t$ swap (ground truth)",
                  "forward_exact": "forward, exact level", "forward_upstream": "forward, upstream level"}
@@ -113,7 +112,7 @@ def compute(ws, opts: Options) -> dict:
             run = ws.run(opts.run_settings(swap_from=record, swap_before=k, swap_type=kind), f"{kind} swap K={k}")
             rows.append({"k": k, **run_metrics(run).to_json()})
         methods[f"{kind}_swap"] = {"rows": rows}
-    for level in FORWARD_LEVELS:
+    for level in checks.FORWARD_LEVELS:
         if level == "upstream" and coincide:
             methods["forward_upstream"] = {"same_as": "forward_exact",
                                            "rows": [dict(r) for r in methods["forward_exact"]["rows"]]}
@@ -282,7 +281,7 @@ def write_outputs(result: dict, out: str) -> dict:
 
 def network_passes(ws, opts: Options) -> int:
     """N x T network passes: the standard and recorded runs, then inversion + reconstruction per method and K."""
-    per_k = len(SWAP_TYPES) + (1 if forward_levels_coincide(ws.model) else len(FORWARD_LEVELS))
+    per_k = len(SWAP_TYPES) + (1 if forward_levels_coincide(ws.model) else len(checks.FORWARD_LEVELS))
     return 4 + 2 * per_k * len(opts.k_list)
 
 

@@ -13,7 +13,6 @@ from typing import Any, Optional
 import numpy as np
 
 from jtaba import precision as precision_lib
-from jtaba.checks import FORWARD_LEVELS as FORWARD_LEVELS  # re-exported: the flags' choices
 from jtaba.checks import check_forward, check_positive_int, check_replacements
 from jtaba.diffusion import SCHEDULE_DTYPES
 from jtaba.runs.fingerprint import array_digest
