@@ -7,6 +7,8 @@ step k (the model's own schedule: ADM spaced indices, diffusers timesteps) on a 
 label, same two levels), so an exact method's inversion is the algebraic inverse of its own sampler. Arrays are
 NHWC; x0 is never clipped (clipping is not invertible; the reference implementations run diffusers schedulers with
 ``clip_sample=False``), so on an ADM model these samplers skip ADM's clip and ε re-derivation (DDIM keeps both).
+A diffusers model with ``schedule_dtype="float16"`` (upstream's half-precision scheduler) gets its coefficients and
+step arithmetic in float16 and float32 outputs, as DDIM's ``jtaba.engine.ddim_step`` (``step_dtype``).
 
 * ``edict`` (Wallace et al. 2023, salesforce/EDICT ``coupled_stablediffusion``): states (x, y); sampling step k
   updates one with ε of the other (the order alternating per step, upstream's ``leapfrog_steps``), then mixes
@@ -140,8 +142,15 @@ def levels(cfg: DiffusionConfig, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return tables.sample.label, np.concatenate([ac[ts], [final]])
 
 
+def step_dtype(cfg: DiffusionConfig):
+    """The dtype of the step arithmetic: float16 on a diffusers model with ``schedule_dtype="float16"`` (upstream's
+    half-precision scheduler, as ``jtaba.engine.ddim_step``), else float32."""
+    return np.float16 if (cfg.kind == "diffusers" and cfg.schedule_dtype == "float16") else np.float32
+
+
 def method_table(cfg: DiffusionConfig, steps: int, method: Method) -> MethodTable:
-    """The coefficient table of ``method`` on this schedule (computed in float64, stored float32)."""
+    """The coefficient table of ``method`` on this schedule (computed in float64, stored float32; the coefficients
+    then rounded to ``step_dtype``, the labels kept float32)."""
     label, abar = levels(cfg, steps)
     sa, s1 = np.sqrt(abar), np.sqrt(1.0 - abar)
     k = np.arange(steps)
@@ -163,75 +172,96 @@ def method_table(cfg: DiffusionConfig, steps: int, method: Method) -> MethodTabl
     var = (1.0 - abar[k + 1]) / (1.0 - abar[k]) * (1.0 - abar[k] / abar[k + 1])  # DDPM posterior σ_k², η = 1
     ddpm_eps = np.sqrt(np.maximum(1.0 - abar[k + 1] - var, 0.0)) - sa[k + 1] * s1[k] / sa[k]
     ddpm_noise = np.where(var > 0, np.sqrt(np.maximum(var, 0.0)), 1.0)  # σ = 0 (to ᾱ = 1): the residual itself
-    f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
-    return MethodTable(f32(label), f32(ddim_x), f32(ddim_eps), f32(prev), f32(cur), f32(eps), f32(ddpm_eps),
-                       f32(ddpm_noise), f32(1.0 / sa[k]), f32(s1[k] / sa[k]), f32(sa[k]),
-                       f32(s1[k]))
+    dtype = step_dtype(cfg)
+
+    def low(v):  # float32 first, as ddim_step rounds its float32 table
+        return np.asarray(v, np.float32).astype(dtype)
+
+    return MethodTable(np.asarray(label, np.float32), low(ddim_x), low(ddim_eps), low(prev), low(cur), low(eps),
+                       low(ddpm_eps), low(ddpm_noise), low(1.0 / sa[k]), low(s1[k] / sa[k]), low(sa[k]), low(s1[k]))
 
 
 # ---- step rules ------------------------------------------------------------------------------------------------
 # ``eps_fn(x, label)`` is the network ε (guided when the loop is); each rule returns (carry, (state, ε, x0)), the
-# ddpm inversion (carry, (state, ε, x0, noise map)).
+# ddpm inversion (carry, (state, ε, x0, noise map)). Carries and outputs are float32; the arithmetic runs in the
+# table's dtype (``step_dtype``: float16 for a float16 schedule, as ``jtaba.engine.ddim_step``), the network sees
+# float32 states. Anderson's least squares and ReNoise's mean ε stay float32 (mixing weights, not step arithmetic).
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def _low(row, *xs):
+    """``xs`` in the step arithmetic's dtype."""
+    return tuple(x.astype(row.ddim_x.dtype) for x in xs)
+
+
+def _f32(*xs):
+    return tuple(x.astype(jnp.float32) for x in xs)
+
+
+def _eps(eps_fn: EpsFn, row, x):
+    """ε at state x (the network on float32), in the step arithmetic's dtype."""
+    return eps_fn(x.astype(jnp.float32), row.label).astype(row.ddim_x.dtype)
+
+
 def _x0(row, x, e):
-    return row.x0_x * x - row.x0_eps * e
+    x, e = _low(row, x, e)
+    return (row.x0_x * x - row.x0_eps * e).astype(jnp.float32)
 
 
 def edict_sample(eps_fn: EpsFn, mix: float, k, row, carry):
     """EDICT sampling step k: leapfrog order (x first on even k), then the mixing layer."""
-    x, y = carry
+    x, y = _low(row, *carry)
     even = k % 2 == 0
     u, v = jnp.where(even, x, y), jnp.where(even, y, x)
-    u = row.ddim_x * u + row.ddim_eps * eps_fn(v, row.label)
-    e = eps_fn(u, row.label)
+    u = row.ddim_x * u + row.ddim_eps * _eps(eps_fn, row, v)
+    e = _eps(eps_fn, row, u)
     v = row.ddim_x * v + row.ddim_eps * e
     x, y = jnp.where(even, u, v), jnp.where(even, v, u)
     x = mix * x + (1 - mix) * y
     y = mix * y + (1 - mix) * x
-    return (x, y), (x, e, _x0(row, u, e))
+    return _f32(x, y), (*_f32(x, e), _x0(row, u, e))
 
 
 def edict_invert(eps_fn: EpsFn, mix: float, k, row, carry):
     """Inverse of ``edict_sample`` step k: undo the mixing (y first), then the second update, then the first."""
-    x, y = carry
+    x, y = _low(row, *carry)
     y = (y - (1 - mix) * x) / mix
     x = (x - (1 - mix) * y) / mix
     even = k % 2 == 0
     u, v = jnp.where(even, x, y), jnp.where(even, y, x)
-    e = eps_fn(u, row.label)
+    e = _eps(eps_fn, row, u)
     v = (v - row.ddim_eps * e) / row.ddim_x
-    u = (u - row.ddim_eps * eps_fn(v, row.label)) / row.ddim_x
+    u = (u - row.ddim_eps * _eps(eps_fn, row, v)) / row.ddim_x
     x, y = jnp.where(even, u, v), jnp.where(even, v, u)
-    return (x, y), (x, e, _x0(row, u, e))
+    return _f32(x, y), (*_f32(x, e), _x0(row, u, e))
 
 
 def two_state_sample(eps_fn: EpsFn, k, row, carry):
     """bdia / belm sampling step k from (x_{k−1}, x_k) (row 0: DDIM, prev = 0)."""
-    p, x = carry
-    e = eps_fn(x, row.label)
+    p, x = _low(row, *carry)
+    e = _eps(eps_fn, row, x)
     new = row.prev * p + row.cur * x + row.eps * e
-    return (x, new), (new, e, _x0(row, x, e))
+    return _f32(x, new), (*_f32(new, e), _x0(row, x, e))
 
 
 def two_state_invert(eps_fn: EpsFn, k, row, carry, first):
     """Inverse of sampling step k from (x_{k+1}, x_k) -> (x_k, x_{k−1}); ``first`` (k = T−1, the carry is
     (image, image)): one DDIM inversion step instead, ε at the image (upstream's non-exact start)."""
-    u, x = carry
-    e = eps_fn(x, row.label)
+    u, x = _low(row, *carry)
+    e = _eps(eps_fn, row, x)
     multistep = (u - row.cur * x - row.eps * e) / jnp.where(first, 1.0, row.prev)
     ddim = (u - row.ddim_eps * e) / row.ddim_x
     new = jnp.where(first, ddim, multistep)
-    return (x, new), (new, e, _x0(row, x, e))
+    return _f32(x, new), (*_f32(new, e), _x0(row, x, e))
 
 
 def ddim_sample(eps_fn: EpsFn, k, row, x):
     """Unclipped DDIM sampling step on the method levels (fixed-point's reconstruction)."""
-    e = eps_fn(x, row.label)
+    (x,) = _low(row, x)
+    e = _eps(eps_fn, row, x)
     new = row.ddim_x * x + row.ddim_eps * e
-    return new, (new, e, _x0(row, x, e))
+    return new.astype(jnp.float32), (*_f32(new, e), _x0(row, x, e))
 
 
 def _anderson_mix(fs, gs, valid):
@@ -254,7 +284,12 @@ def fixed_point_invert(eps_fn: EpsFn, method: Method, k, row, target):
     g(x) = (target − ddim_eps·ε(x))/ddim_x from x = target (the first one is diffusers' DDIM inversion step).
     ReNoise: the last ``average`` ε averaged, one more g without a call (upstream averages a chosen range of
     iterations; the last ones here). Anderson: window m over (x, g(x)) pairs."""
-    g = lambda e: (target - row.ddim_eps * e) / row.ddim_x  # noqa: E731
+    (low_target,) = _low(row, target)
+
+    def g(e):  # e float32
+        (e,) = _low(row, e)
+        return ((low_target - row.ddim_eps * e) / row.ddim_x).astype(jnp.float32)
+
     n, m = method.iterations, method.anderson
 
     def plain(i, state):
@@ -285,9 +320,10 @@ def fixed_point_invert(eps_fn: EpsFn, method: Method, k, row, target):
 
 def ddpm_sample(eps_fn: EpsFn, k, row, x, z):
     """DDPM sampling step (η = 1) with the given noise map z."""
-    e = eps_fn(x, row.label)
+    x, z = _low(row, x, z)
+    e = _eps(eps_fn, row, x)
     new = row.ddim_x * x + row.ddpm_eps * e + row.ddpm_noise * z
-    return new, (new, e, _x0(row, x, e))
+    return new.astype(jnp.float32), (*_f32(new, e), _x0(row, x, e))
 
 
 def ddpm_invert(eps_fn: EpsFn, k, row, x, target):
@@ -295,11 +331,12 @@ def ddpm_invert(eps_fn: EpsFn, k, row, x, target):
     it reaches (upstream's "correction to avoid error accumulation"). Deviation: upstream zeroes the map of the last
     step (σ = 0 when the final ᾱ is 1), so its reconstruction ends on the x0 prediction; here a step with σ = 0
     keeps its residual as the map (``MethodTable.ddpm_noise`` = 1 there), so the round trip is exact."""
-    e = eps_fn(x, row.label)
+    x, target = _low(row, x, target)
+    e = _eps(eps_fn, row, x)
     mean = row.ddim_x * x + row.ddpm_eps * e
     z = (target - mean) / row.ddpm_noise
     new = mean + row.ddpm_noise * z
-    return new, (new, e, _x0(row, x, e), z)
+    return new.astype(jnp.float32), (*_f32(new, e), _x0(row, x, e), z.astype(jnp.float32))
 
 
 def ddpm_draws(seed: int, indices: jax.Array, shape: tuple, steps: int) -> jax.Array:

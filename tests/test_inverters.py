@@ -9,8 +9,11 @@ Oracles (upstream function names): EDICT ``coupled_stablediffusion`` with ``forw
 acceleration in the Walker-Ni difference form, DDPM_inversion ``inversion_forward_process`` / ``reverse_step``
 (η = 1). Where jtaba deviates (the first BDIA / BELM inversion step's label, the ddpm map of a σ = 0 step), the
 oracle states it."""
+import dataclasses
 import os
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -371,62 +374,129 @@ def test_comparison_rows_and_tables():
 
 # ---- every method on the latent and the text-conditioned families ---------------------------------------------------
 
+class _HostedNetwork(nn.Module):
+    """A model's network compiled once and called from every loop through a host callback, so each method's loop
+    compiles only its step arithmetic (a UNet compiled into each of ~30 loops took minutes on 2 cores); the ε are
+    the network's own, the engine's conditioning, guidance and schedule paths unchanged."""
+    call: Callable
+    channels: int
+    dtype: Any = jnp.float32  # what jtaba.precision reads
+
+    @nn.compact
+    def __call__(self, x, t, cond):
+        return jax.pure_callback(self.call, jax.ShapeDtypeStruct(x.shape[:-1] + (self.channels,), jnp.float32),
+                                 x, t, cond)
+
+
+def _hosted(model, cond):
+    apply = jax.jit(model.network.apply)
+    c, h, w = model.sample_shape
+    out = jax.eval_shape(apply, {"params": model.params}, jax.ShapeDtypeStruct((1, h, w, c), jnp.float32),
+                         jax.ShapeDtypeStruct((1,), jnp.float32), None if cond is None else cond[:1])
+
+    def call(x, t, cond):
+        return np.asarray(apply({"params": model.params}, x, t, cond), np.float32)
+
+    return dataclasses.replace(model, network=_HostedNetwork(call, out.shape[-1]), params={})
+
+
+def _ready(traj):
+    """``traj`` once computed. Every loop over a hosted network is waited for before the next one is queued: the
+    callback's own XLA execution needs one of the CPU client's in-flight computation slots, and queued loops would
+    hold them all (a deadlock)."""
+    jax.block_until_ready((traj.x, traj.paired))
+    return traj
+
+
 @pytest.fixture(scope="module")
 def latent_and_text_models(tmp_path_factory):
     """The tiny random LDM (UNet2D on 3 x 8 x 8 VQ latents, its VQ decoder beside) and IF (text-conditioned, with
     a null prompt so guidance applies) of tests/test_families.py, loaded as ``jtaba.load`` reads converted
-    checkpoints; the IF's (B, 7, 24) prompt embeddings."""
+    checkpoints, their networks hosted (``_HostedNetwork``); the IF's (B, 7, 24) prompt embeddings."""
     from tests.test_families import PROMPT_LENGTH, save_tiny_if_checkpoint, save_tiny_ldm_checkpoint
 
     folder = tmp_path_factory.mktemp("families")
     ldm = jtaba.load(save_tiny_ldm_checkpoint(folder / "ldm"))
     if_dir, prompts = save_tiny_if_checkpoint(folder / "if", B)
     np.save(os.path.join(if_dir, "null_prompt.npy"), np.zeros((PROMPT_LENGTH, 24), np.float32))
-    return ldm, jtaba.load(if_dir), np.load(prompts)
+    prompts = np.load(prompts)
+    return _hosted(ldm, None), _hosted(jtaba.load(if_dir), prompts), prompts
 
 
-# The ADM and DiT tests above run every method on both conventions against the reference loops; the step rules do
-# not depend on the network, so here one two-state method on the latent family and the noise-map method (with npi)
-# on the text family show the latent / decoder and the conditioning paths (every method on both took 134 s op by
-# op on 2 cores; this subset is the suite's time budget).
-ROUND_TRIP = {"unet2d": (("belm", {}),), "if_unet": (("ddpm", {"seed": 3}),)}
+# Every method and option family (the step rules are checked against the reference loops on ADM and DiT above)
+EVERY = (("ddim", {}), ("edict", {}), ("bdia", {"gamma": 0.8}), ("belm", {}), ("ddpm", {"seed": 3}),
+         ("fixed-point", {"iterations": 3}), ("fixed-point", {"iterations": 3, "anderson": 2}),
+         ("fixed-point", {"iterations": 3, "average": 2}))
+STEPS = 2
+
+
+def _round_trips(model, x, methods=EVERY, **kw):
+    """{Method: (inversion, its reconstruction)} of each (name, options) of ``methods``."""
+    out = {}
+    for name, opts in methods:
+        inv = _ready(jtaba.invert(model, x, method=name, **kw, **opts))
+        out[inverters.Method.of(name, **opts)] = inv, _ready(jtaba.sample(model, inv, **kw))
+    return out
 
 
 def test_every_method_on_ldm_and_if(latent_and_text_models):
-    """sample -> invert -> sample (T = 2) on a latent model (LDM, decoded by its VQ decoder: belm) and a
-    text-conditioned one (IF, prompt embeddings: ddpm), DDIM on both: the exact methods return the sample to float
-    precision where DDIM does not; npi inverts with the prompt alone and its guided reconstruction (the prompt as
-    the null condition) is the prompt-conditioned one."""
+    """sample -> invert -> sample (T = 2) with every method on a latent model (LDM, decoded by its VQ decoder) and
+    a text-conditioned one (IF, prompt embeddings): the exact methods (edict, bdia, belm, ddpm; on the IF with
+    guidance 3) return the sample to float precision where DDIM does not, each fixed-point variant (plain, Anderson,
+    ReNoise; unguided: on the random IF guided iteration diverges) misses by less than DDIM; the network evaluations
+    are counted; npi inverts with the prompt alone and its guided reconstruction (the prompt as the null condition)
+    is the prompt-conditioned one."""
     ldm, if_model, prompts = latent_and_text_models
-    steps = 2
-    _round_trips_and_npi(ldm, if_model, prompts, steps)
-
-
-def _round_trips_and_npi(ldm, if_model, prompts, steps):
-    for model, cond in ((ldm, None), (if_model, prompts)):
-        assert model.conditional == (cond is not None)
-        kw = dict(steps=steps, cond=cond)
+    exact = tuple(m for m in EVERY if m[0] in inverters.EXACT)
+    fixed = tuple(m for m in EVERY if m[0] == "fixed-point")
+    cases = ((ldm, None, 1.0, EVERY[1:]), (if_model, prompts, 3.0, exact), (if_model, prompts, 1.0, fixed))
+    for model, cond, guidance, methods in cases:
+        kw = dict(steps=STEPS, cond=cond, guidance=guidance)
         noise = np.random.default_rng(5).standard_normal((B, *model.sample_shape)).astype(np.float32)
-        x = jtaba.sample(model, noise, **kw).x
-        backs, inverted = {}, {}
-        for name, opts in ROUND_TRIP[model.family] + (("ddim", {}),):
-            inverted[name] = jtaba.invert(model, x, method=name, **kw, **opts)
-            backs[name] = jtaba.sample(model, inverted[name], **kw).x
-        errors = {name: float(jnp.max(jnp.abs(back - x))) for name, back in backs.items()}
-        print(f"{model.family} round-trip max-abs errors (float32, T = {steps}):",
-              {k: f"{v:.2e}" for k, v in errors.items()})
-        exact = [name for name in backs if name in inverters.EXACT]
-        for name in exact:
-            assert errors[name] < 1e-4 < errors["ddim"], (model.family, name, errors)
+        x = _ready(jtaba.sample(model, noise, **kw)).x
+        trips = _round_trips(model, x, (("ddim", {}),) + methods, **kw)
+        errors = {m: float(jnp.max(jnp.abs(back.x - x))) for m, (_, back) in trips.items()}
+        print(f"{model.family} round-trip max-abs errors (float32, T = {STEPS}, guidance {guidance}):",
+              {f"{m.name} {m.options()}": f"{v:.2e}" for m, v in errors.items()})
+        ddim = errors[inverters.DDIM]
+        for m, (inv, back) in trips.items():
+            calls = 2 if guidance != 1.0 else 1
+            assert (inv.nfe, back.nfe) == (m.network_calls(STEPS, True) * calls,
+                                           m.network_calls(STEPS, False, inv.paired is not None) * calls), m
+            if m.name in inverters.EXACT:
+                assert errors[m] < 1e-4 < ddim, (model.family, m, errors)
+            elif m.name == "fixed-point":
+                assert errors[m] < ddim, (model.family, m, errors)
         if model.decoder is not None:  # the images the exact methods' reconstructions decode to, in one call
-            images = np.asarray(jtaba.decode(model, jnp.concatenate([x] + [backs[n] for n in exact])))
-            for i, name in enumerate(exact, 1):
-                _close(images[i * B:(i + 1) * B], images[:B], f"{model.family} {name} decoded", 1e-4)
-    inv = jtaba.invert(if_model, x, steps=steps, cond=prompts, guidance=4.0, method="npi")
-    np.testing.assert_array_equal(np.asarray(inv.x), np.asarray(inverted["ddim"].x))  # the prompt alone (w = 1)
+            exact_runs = [m for m in trips if m.name in inverters.EXACT]
+            images = np.asarray(jtaba.decode(model, jnp.concatenate([x] + [trips[m][1].x for m in exact_runs])))
+            for i, m in enumerate(exact_runs, 1):
+                _close(images[i * B:(i + 1) * B], images[:B], f"{model.family} {m.name} decoded", 1e-4)
+    kw = dict(steps=STEPS, cond=prompts)  # x: the last case's (the IF's unguided sample)
+    inv = _ready(jtaba.invert(if_model, x, guidance=4.0, method="npi", **kw))
+    plain = trips[inverters.DDIM][0]
+    np.testing.assert_array_equal(np.asarray(inv.x), np.asarray(plain.x))  # the prompt alone (w = 1)
     np.testing.assert_array_equal(np.asarray(inv.null_cond), prompts)
-    guided = jtaba.sample(if_model, inv, steps=steps, cond=prompts, guidance=4.0)
-    assert guided.nfe == 2 * steps  # the prompt as the null condition: the guided step is the prompt's
-    np.testing.assert_allclose(np.asarray(guided.x), np.asarray(backs["ddim"]), atol=1e-5)
+    guided = _ready(jtaba.sample(if_model, inv, guidance=4.0, **kw))
+    assert guided.nfe == 2 * STEPS  # the prompt as the null condition: the guided step is the prompt's
+    np.testing.assert_allclose(np.asarray(guided.x), np.asarray(trips[inverters.DDIM][1].x), atol=1e-5)
     with pytest.raises(ValueError, match="npi .* needs a conditional model"):
-        jtaba.invert(ldm, np.zeros((B, *ldm.sample_shape), np.float32), steps=steps, method="npi")
+        jtaba.invert(ldm, np.zeros((B, *ldm.sample_shape), np.float32), steps=STEPS, method="npi")
+
+
+def test_float16_schedule_in_every_method(latent_and_text_models):
+    """schedule_dtype="float16" (upstream's half-precision diffusers scheduler): every method's step arithmetic
+    runs in float16 as DDIM's does (``jtaba.engine.ddim_step``): its reconstructions hold float16 values, near the
+    float32 ones but not equal to them (the setting is honoured, not ignored)."""
+    ldm = latent_and_text_models[0]
+    half = dataclasses.replace(ldm, diffusion=ldm.diffusion.replace(schedule_dtype="float16"))
+    x = _ready(jtaba.sample(ldm, np.random.default_rng(6).standard_normal((B, *ldm.sample_shape)).astype(
+        np.float32), steps=STEPS)).x
+    full, low = _round_trips(ldm, x, steps=STEPS), _round_trips(half, x, steps=STEPS)
+    for m, (_, back) in low.items():
+        got, want = np.asarray(back.x), np.asarray(full[m][1].x)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, got.astype(np.float16).astype(np.float32), err_msg=str(m))
+        err = float(np.max(np.abs(got - want)))
+        print(f"{m.name} {m.options()}: float16 vs float32 schedule max-abs {err:.2e}")
+        assert 0 < err < 0.05 * max(1.0, float(np.max(np.abs(want)))), (m, err)
