@@ -11,16 +11,32 @@ and noise), latent Gaussianity (KL to N(0, 1), the paper's KL(noise || latent), 
 the Tab. 2 pixel correlation of the latents, the Tab. 5 plain / non-plain |noise − latent|, network evaluations and
 wall time per image. Writes inverters.json, inverters.csv (one row per method), inverters.png (the numbers as bars)
 and inverters_latents.png (the first images, their noise and every method's latents side by side) into --out.
+
+Tab. 12 protocol per method (columns present when the perception network(s) of --fid-protocol are converted, or
+--inception / --vgg16 point at checkpoints; otherwise the report says how to get them): a second set B (seed
+--seed-b, class-conditional models: A's labels, as ``experiments.interpolation``) is sampled and inverted with each
+method; every part of each method's inverted state (the latent, edict's y, bdia / belm's x_1, each of ddpm's T
+noise maps; npi: its latent, the condition as its null condition) is SLERPed per sample between A[i] and B[i] with
+the same α (--interpolation-alpha, Tab. 12: 0.5), as ``experiments.interpolation`` interpolates DDIM latents; the
+interpolants are sampled back with the method (decoded for latent models) and scored by FID, precision and recall
+(k = 3) against the reference set ``experiments.interpolation`` samples by default (N = --n-reference model
+samples of --reference-seed) under --fid-protocol (pytorch-fid: Inception for all three; torch-fidelity: Inception
+FID, VGG16 precision / recall). It costs per method one more run (sampling and inversion of set B) and one sampling
+pass of the interpolants.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from typing import Optional
 
 import numpy as np
 
+from experiments.interpolation import FID_PROTOCOLS
 from jtaba import cli, io, plotting
 from jtaba.analyses import inverters as analysis
+from jtaba.analyses.interpolation import PR_K, protocol_networks
 from jtaba.runs import StandardOptions
 
 PREVIEW = 4  # images in the latents figure
@@ -35,6 +51,13 @@ class Options(StandardOptions):
     batch: int = 64
     methods: tuple = analysis.DEFAULT_METHODS
     timing_images: int = 8
+    fid_protocol: str = "pytorch-fid"
+    seed_b: int = 420
+    interpolation_alpha: float = 0.5
+    reference_seed: int = 1
+    n_reference: Optional[int] = None
+    inception: Optional[str] = None  # a checkpoint folder or model-home name (default: the role's)
+    vgg16: Optional[str] = None
 
 
 def build_parser():
@@ -45,6 +68,21 @@ def build_parser():
                         "'ddim,fixed-point:anderson=3:iterations=8'")
     p.add_argument("--timing-images", type=int, default=Options.timing_images,
                    help="images inverted and reconstructed once more per method to time it (0: no timing)")
+    g = p.add_argument_group("Tab. 12 protocol per method (when its perception networks are converted)")
+    g.add_argument("--fid-protocol", choices=FID_PROTOCOLS, default=Options.fid_protocol,
+                   help="as experiments.interpolation: pytorch-fid (Inception for FID, precision, recall) or "
+                        "torch-fidelity (the paper's: Inception FID, VGG16 precision / recall)")
+    g.add_argument("--seed-b", type=int, default=Options.seed_b, help="seed of the second set B (upstream 420)")
+    g.add_argument("--interpolation-alpha", type=float, default=Options.interpolation_alpha,
+                   help="SLERP weight of B, applied per sample to every part of a method's inverted state (Tab. 12: "
+                        "0.5)")
+    g.add_argument("--reference-seed", type=int, default=Options.reference_seed,
+                   help="seed of the reference set (model samples, as experiments.interpolation samples it)")
+    g.add_argument("--n-reference", type=int, default=None, help="reference images (default: --n)")
+    g.add_argument("--inception", default=None, metavar="CKPT",
+                   help="FID Inception checkpoint (folder or model-home name; default: the converted one)")
+    g.add_argument("--vgg16", default=None, metavar="CKPT",
+                   help="VGG16 checkpoint for --fid-protocol=torch-fidelity (default: the converted one)")
     return p
 
 
@@ -63,29 +101,83 @@ def options_from_args(args) -> Options:
         raise ValueError("experiments.inverters compares the methods of --methods; --method does not apply")
     if args.timing_images < 0:
         raise ValueError(f"--timing-images must be >= 0, got {args.timing_images}")
+    if not 0.0 <= args.interpolation_alpha <= 1.0:
+        raise ValueError(f"--interpolation-alpha must be in [0, 1], got {args.interpolation_alpha}")
+    if args.n_reference is not None and args.n_reference <= PR_K:
+        raise ValueError(f"--n-reference must be above {PR_K}, got {args.n_reference}")
     base = cli.options_from_args(Options, args)
     return dataclasses.replace(base, methods=parse_methods(args.methods))
 
 
 def out_parts(opts: Options) -> list[str]:
-    return [] if opts.methods == analysis.DEFAULT_METHODS else [f"{len(opts.methods)}methods"]
+    parts = [] if opts.methods == analysis.DEFAULT_METHODS else [f"{len(opts.methods)}methods"]
+    if (opts.fid_protocol, opts.seed_b, opts.interpolation_alpha) != (Options.fid_protocol, Options.seed_b,
+                                                                      Options.interpolation_alpha):
+        parts.append(f"{opts.fid_protocol}_seedb{opts.seed_b}_alpha{opts.interpolation_alpha:g}")
+    return parts
+
+
+def scoring_networks(opts: Options) -> tuple[dict, dict]:
+    """({role: checkpoint name or None} of --fid-protocol's networks that are there, {role: convert command} of
+    those that are not)."""
+    from jtaba.metrics import networks
+
+    names = {role: getattr(opts, role) for role in protocol_networks(opts.fid_protocol) if getattr(opts, role)}
+    absent = networks.missing(protocol_networks(opts.fid_protocol), names)
+    return {role: names.get(role) for role in protocol_networks(opts.fid_protocol) if role not in absent}, absent
 
 
 def network_passes(ws, opts: Options) -> int:
-    """N x T network passes of the whole comparison (sampling once, every method's inversion and reconstruction)."""
-    total = 1
+    """N x T network passes of the whole comparison (sampling once, every method's inversion and reconstruction;
+    scored: per method set B's sampling and inversion and the interpolants' sampling, and the reference set)."""
+    scoring = bool(scoring_networks(opts)[0])
+    total = 1 + (math.ceil((opts.n_reference or opts.n) / opts.n) if scoring else 0)
     for m in opts.methods:
         name, options = analysis.parse_method(m)
         method = analysis.Method.of(name, **dict(options))
         total += method.network_calls(1, True) + method.network_calls(1, False)
+        if scoring:
+            total += 1 + method.network_calls(1, True) + method.network_calls(1, False, True)
     return total
+
+
+def _interpolation_setup(ws, opts: Options):
+    """(nets, reference features, the ``interpolation`` JSON head) when a network of --fid-protocol is there, else
+    (None, None, the one-line note saying how to get the columns)."""
+    from experiments.interpolation import NETWORK_NAMES, image_name
+    from jtaba.analyses.interpolation import scoring_features
+    from jtaba.metrics import networks
+
+    present, absent = scoring_networks(opts)
+    served = protocol_networks(opts.fid_protocol)
+    if not present:
+        commands = "; ".join(f"{NETWORK_NAMES[role]}: {command}" for role, command in absent.items())
+        return None, None, (f"Interpolation FID / precision / recall per method (Tab. 12 protocol, "
+                            f"{opts.fid_protocol}): convert {commands} (or give --{' / --'.join(absent)}) and rerun.")
+    nets = {role: networks.load(role, name) for role, name in present.items()}
+    n = opts.n_reference or opts.n
+    ref = ws.run(opts.run_settings(n=n, seed=opts.reference_seed, noise=None, samples=None, inversion=False,
+                                   reconstruction=False), "reference")
+    images = image_name(ref, "samples")
+    features = scoring_features(ref[images], nets, opts.fid_protocol, ldm=ws.tag == "ldm")
+    head = {"protocol": opts.fid_protocol, "alpha": opts.interpolation_alpha, "seed_b": opts.seed_b,
+            "slerp": "per_sample", "reference": {"kind": "model samples", "seed": opts.reference_seed, "n": n,
+                                                 "run": ref.path, "images": images},
+            "skipped": {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
+                        for role, command in absent.items() for m in served[role]},
+            "scores": {}, "runs_b": {}}
+    return nets, features, head
 
 
 def compute(ws, opts: Options) -> dict:
     """One run per method on the same DDIM samples; the table rows, the runs (for the latents figure) and the
-    methods the model cannot run."""
+    methods the model cannot run; with a perception network, each method's Tab. 12 scores (``interpolation``)."""
     from jtaba.inverters import check_model
+    from jtaba.runs.run import _with_schedule
 
+    model = _with_schedule(ws.model, opts.run_settings())  # --schedule-dtype, as the runs apply it
+    nets, reference, interpolation = _interpolation_setup(ws, opts)
+    class_cond = model.num_classes is not None and model.conditional
     rows, runs, skipped = [], {}, {}
     for text in opts.methods:
         name, options = analysis.parse_method(text)
@@ -99,22 +191,42 @@ def compute(ws, opts: Options) -> dict:
         if opts.timing_images and opts.prompt_embeds is None:  # prompt-conditioned timing needs the run's prompts
             k = min(opts.timing_images, run.n)
             cond = np.asarray(run["conds"][:k]).astype(np.int32) if "conds" in run else None
-            wall = analysis.wall_time_per_image(ws.model, np.asarray(run["samples"][:k]), steps=opts.steps,
+            wall = analysis.wall_time_per_image(model, np.asarray(run["samples"][:k]), steps=opts.steps,
                                                 name=name, options=options, cond=cond, guidance=opts.guidance,
                                                 precision=opts.precision)
         rows.append(analysis.method_row(run, name, options, wall))
         runs[label] = run.path
+        if nets is not None:
+            labels = {"labels": run["conds"], "class_seed": None} if class_cond else {}  # B: A's labels
+            run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, reconstruction=False,
+                                             method=name, method_options=options, **labels), f"{label} set B")
+            cond = run["conds"] if class_cond else opts.run_settings().prompt_embeds
+            interpolation["scores"][label] = analysis.interpolation_scores(
+                model, name, options, run, run_b, reference, nets, opts.fid_protocol, alpha=opts.interpolation_alpha,
+                steps=opts.steps, batch=opts.batch, cond=cond, guidance=opts.guidance, precision=opts.precision,
+                ldm=ws.tag == "ldm").to_json()
+            interpolation["runs_b"][label] = run_b.path
     table = analysis.InverterTable(tuple(rows), skipped)
-    return {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-            "runs": runs, **table.to_json()}
+    out = {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
+           "runs": runs, **table.to_json()}
+    if nets is None:
+        return {**out, "interpolation": None, "interpolation_note": interpolation}
+    return {**out, "interpolation": interpolation}
+
+
+INTERPOLATION_METRICS = ("fid", "precision", "recall", "f_score")
 
 
 def csv_rows(result: dict) -> list[dict]:
+    """One row per method; with the Tab. 12 scores, interpolation_fid / _precision / _recall / _f_score."""
     out = []
+    scores = (result.get("interpolation") or {}).get("scores")
     for r in result["rows"]:
         row = {k: v for k, v in r.items() if k not in ("options", "pixel_correlation")}
         pc = r["pixel_correlation"] or {}
         row.update(pixel_correlation_mean=pc.get("mean"), pixel_correlation_std=pc.get("std"))
+        if scores is not None:
+            row.update({f"interpolation_{m}": scores[r["label"]][m] for m in INTERPOLATION_METRICS})
         out.append(row)
     return out
 
@@ -129,18 +241,36 @@ PANELS = (("reconstruction_max_abs", "image reconstruction max |x̂0 − x0|", T
           ("nfe_invert", "network evaluations / image (invert)", False))
 
 
+INTERPOLATION_TITLES = {"fid": "FID", "precision": "precision", "recall": "recall", "f_score": "F-score"}
+
+
+def _panels(result: dict) -> list[tuple]:
+    """(title, values per method, log scale) of every panel: the measures, then the Tab. 12 scores when there."""
+    rows = result["rows"]
+    out = [(title, [(r[key] or {}).get("mean") if key == "pixel_correlation" else r[key] for r in rows], log)
+           for key, title, log in PANELS]
+    interpolation = result.get("interpolation")
+    if interpolation:
+        alpha = interpolation["alpha"]
+        out += [(f"Tab. 12 interpolation {INTERPOLATION_TITLES[m]} (α = {alpha:g})",
+                 [interpolation["scores"][r["label"]][m] for r in rows], False) for m in INTERPOLATION_METRICS]
+    return out
+
+
 def plot(result: dict, path: str) -> str:
-    """inverters.png: one bar panel per measure, a bar per method."""
+    """inverters.png: one bar panel per measure, a bar per method (a third row: the Tab. 12 scores when there)."""
     rows = result["rows"]
     labels = [r["label"] for r in rows]
-    fig, axes = plotting.new_figure(2, 4, size=(4.2, 3.4))
-    for ax, (key, title, log) in zip(axes.ravel(), PANELS, strict=True):
-        values = [(r[key] or {}).get("mean", np.nan) if key == "pixel_correlation" else r[key] for r in rows]
+    panels = _panels(result)
+    fig, axes = plotting.new_figure(len(panels) // 4, 4, size=(4.2, 3.4))
+    for ax, (title, values, log) in zip(axes.ravel(), panels, strict=True):
         values = np.asarray([np.nan if v is None else v for v in values], np.float64)
         ax.bar(range(len(rows)), np.maximum(values, 1e-12) if log else values,
                color=[f"C{i}" for i in range(len(rows))])
         if log:
             ax.set_yscale("log")
+        if np.isnan(values).all():  # a score whose network is not converted (the report names the command)
+            ax.text(0.5, 0.5, "not scored", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
     skipped = "; ".join(result["skipped"]) if result["skipped"] else ""
@@ -197,6 +327,22 @@ def markdown(result: dict) -> str:
                      f"{r['mae_plain']:.3f} / {r['mae_non_plain']:.3f} |")
     for label, why in result["skipped"].items():
         lines.append(f"\n{label}: not run ({why}).")
+    interpolation = result.get("interpolation")
+    if interpolation is None:
+        note = result.get("interpolation_note")
+        return "\n".join(lines + ([f"\n{note}"] if note else []))
+    ref = interpolation["reference"]
+    lines += ["", f"Tab. 12 protocol per method: every part of the inverted states of sets A (seed {result['seed']}) "
+              f"and B (seed {interpolation['seed_b']}) SLERPed per sample at α = {interpolation['alpha']:g}, "
+              f"sampled back with the method; {interpolation['protocol']} scores against {ref['n']} model samples "
+              f"(seed {ref['seed']}); – : not scored.", "",
+              "| method | FID | Precision | Recall | F-score |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        s = interpolation["scores"][r["label"]]
+        lines.append(f"| {r['label']} | " + " | ".join("–" if s[m] is None else format(s[m], ".4g")
+                                                        for m in INTERPOLATION_METRICS) + " |")
+    for metric, why in interpolation["skipped"].items():
+        lines.append(f"\n{metric}: {why}")
     return "\n".join(lines)
 
 

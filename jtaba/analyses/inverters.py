@@ -8,6 +8,11 @@ latent values to N(0, 1), the paper's KL(noise || latent), the share of samples 
 Sec. 3.1), the Tab. 2 pixel correlation of the latents (patch 8, top 20), the Tab. 5 mean |noise − latent| over
 plain and non-plain areas of the samples, the network evaluations per image and the wall time per image.
 
+With a perception network converted, the Tab. 12 protocol per method (``interpolation_scores``): the inverted
+states of two independent sets A and B, every part of the state (the latent, edict's y, bdia / belm's x_1, each of
+ddpm's T noise maps) SLERPed per sample with the same α as ``jtaba.analyses.interpolation`` does DDIM latents,
+sampled back with the method, and scored by FID / precision / recall against a reference set.
+
     from jtaba.analyses import inverters
     rows = [inverters.method_row(run, "edict", ()) for run in ...]   # a finished run per method
 """
@@ -158,3 +163,67 @@ def wall_time_per_image(model, images, *, steps: int, name: str, options=(), con
     start = time.perf_counter()
     once()
     return (time.perf_counter() - start) / len(images)
+
+
+# ---- Tab. 12 protocol per method -------------------------------------------------------------------------------
+def inverted_state(run) -> tuple:
+    """(latents (N, C, H, W), paired or None) of a finished run: what its method's sampler takes back (edict's y or
+    bdia / belm's x_1 (N, C, H, W), ddpm's noise maps (T, N, C, H, W); memory maps)."""
+    from jtaba.runs.run import PAIRED_FILES
+
+    paired = [run[name] for name in PAIRED_FILES.values() if name in run]
+    return run["latents"], (paired[0] if paired else None)
+
+
+def interpolate_state(a: tuple, b: tuple, alpha: float, start: int, stop: int, upstream: bool = False) -> tuple:
+    """Rows [start, stop) of SLERP(A, B, α) of two ``inverted_state``s, every part with the same α and per sample
+    (``jtaba.analyses.interpolation.interpolate``; noise maps per step and sample): (latents, paired or None)."""
+    from jtaba.analyses.interpolation import interpolate
+
+    rows = slice(start, stop)
+    latents = interpolate(a[0][rows], b[0][rows], alpha, upstream)
+    if a[1] is None:
+        return latents, None
+    if a[1].ndim == 5:  # (T, N, ...) noise maps
+        return latents, np.stack([interpolate(pa[rows], pb[rows], alpha, upstream) for pa, pb in zip(a[1], b[1])])
+    return latents, interpolate(a[1][rows], b[1][rows], alpha, upstream)
+
+
+def interpolation_scores(model, name: str, options, run_a, run_b, reference: dict, nets: dict, protocol: str, *,
+                         alpha: float, steps: int, batch: int, cond=None, guidance: float = 1.0,
+                         precision: str = "float32", ldm: bool = False, upstream: bool = False, mesh=None):
+    """Tab. 12's ``Scores`` of one method: its inverted states of sets A and B (runs of the method) interpolated at
+    ``alpha`` (``interpolate_state``), sampled back with the method (``batch`` at a time on ``mesh``, default every
+    device, padded as the runs pad theirs; decoded for latent models), their ``scoring_features`` scored against
+    ``reference`` (the reference set's) under ``protocol``. ``cond``: (N, ...) labels or prompt embeddings of the
+    pairs (None for unconditional models; npi: also the null condition, its source condition)."""
+    from jtaba import sharding
+    from jtaba.analyses.interpolation import scores, scoring_features
+    from jtaba.api import Trajectory, decode, sample
+    from jtaba.model import replicate
+
+    method = Method.of(name, **dict(options))
+    a, b = inverted_state(run_a), inverted_state(run_b)
+    n = len(a[0])
+    mesh = mesh or sharding.data_mesh()
+    model = replicate(model, sharding.replicated(mesh))
+    size = sharding.padded_size(min(batch, n), mesh)  # every batch padded alike, as the runs': one compilation
+
+    def put(v, axis=0):
+        v = np.asarray(v)
+        return sharding.put_batch(v.astype(np.float32) if v.dtype.kind == "f" else v, mesh, axis, size)
+
+    parts = []
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        x, paired = interpolate_state(a, b, alpha, start, stop, upstream)
+        c = None if cond is None else put(cond[start:stop])
+        inverted = Trajectory(put(x), method=method, steps=steps,
+                              paired=None if paired is None else put(paired, paired.ndim - 4),
+                              null_cond=c if name == "npi" else None)
+        images = sample(model, inverted, steps=steps, cond=c, guidance=guidance, precision=precision).x
+        if model.decoder is not None:
+            images = decode(model, images, precision)
+        parts.append(scoring_features(sharding.gather(images, stop - start), nets, protocol, ldm=ldm))
+    generated = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return scores(reference, generated, protocol)
