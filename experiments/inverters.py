@@ -128,14 +128,15 @@ def scoring_networks(opts: Options) -> tuple[dict, dict]:
 
 
 def network_passes(ws, opts: Options) -> int:
-    """N x T network passes of the whole comparison (sampling once, every method's inversion and reconstruction;
-    scored: per method set B's sampling and inversion and the interpolants' sampling, and the reference set)."""
+    """N x T network passes of the whole comparison (each method's run: DDIM sampling of the same images, the
+    method's inversion and reconstruction; scored: per method set B's sampling and inversion and the interpolants'
+    sampling, and the reference set)."""
     scoring = bool(scoring_networks(opts)[0])
-    total = 1 + (math.ceil((opts.n_reference or opts.n) / opts.n) if scoring else 0)
+    total = math.ceil((opts.n_reference or opts.n) / opts.n) if scoring else 0
     for m in opts.methods:
         name, options = analysis.parse_method(m)
         method = analysis.Method.of(name, **dict(options))
-        total += method.network_calls(1, True) + method.network_calls(1, False)
+        total += 1 + method.network_calls(1, True) + method.network_calls(1, False)
         if scoring:
             total += 1 + method.network_calls(1, True) + method.network_calls(1, False, True)
     return total
@@ -173,9 +174,9 @@ def compute(ws, opts: Options) -> dict:
     """One run per method on the same DDIM samples; the table rows, the runs (for the latents figure) and the
     methods the model cannot run; with a perception network, each method's Tab. 12 scores (``interpolation``)."""
     from jtaba.inverters import check_model
-    from jtaba.runs.run import _with_schedule
+    from jtaba.runs import with_schedule
 
-    model = _with_schedule(ws.model, opts.run_settings())  # --schedule-dtype, as the runs apply it
+    model = with_schedule(ws.model, opts.run_settings())  # --schedule-dtype, as the runs apply it
     nets, reference, interpolation = _interpolation_setup(ws, opts)
     class_cond = model.num_classes is not None and model.conditional
     rows, runs, skipped = [], {}, {}

@@ -10,9 +10,9 @@ as a run (``jtaba.runs.importer``).
 """
 from jtaba.runs.importer import import_run
 from jtaba.runs.reader import Run, RunDamaged, RunNotFinished, find_run, open_run
-from jtaba.runs.run import Workspace, plan, run
+from jtaba.runs.run import Workspace, plan, run, with_schedule
 from jtaba.runs.settings import RunSettings, StandardOptions
 from jtaba.runs.store import RunMismatch
 
 __all__ = ["Run", "RunDamaged", "RunMismatch", "RunNotFinished", "RunSettings", "StandardOptions", "Workspace",
-           "find_run", "import_run", "open_run", "plan", "run"]
+           "find_run", "import_run", "open_run", "plan", "run", "with_schedule"]

@@ -307,14 +307,15 @@ def _metrics_readable(path: str) -> bool:
 def plan(model: Model, settings: RunSettings) -> tuple[dict, int]:
     """(identity, N) of a run of ``model`` with ``settings``, after every check that needs no computation."""
     settings.check()
-    model = _with_schedule(model, settings)
+    model = with_schedule(model, settings)
     mfp = model_digest(model)
     _check_model(model, settings)
     _, n = _inputs(model, settings, mfp)
     return identity(settings, n, mfp), n
 
 
-def _with_schedule(model: Model, s: RunSettings) -> Model:
+def with_schedule(model: Model, s: RunSettings) -> Model:
+    """``model`` as runs with settings ``s`` compute with it: a diffusers model's schedule in ``s.schedule_dtype``."""
     if s.schedule_dtype and model.diffusion is not None and model.diffusion.kind == "diffusers":
         return dataclasses.replace(model, diffusion=model.diffusion.replace(schedule_dtype=s.schedule_dtype))
     return model
@@ -333,7 +334,7 @@ def run(model: Model, settings: RunSettings, out: Optional[str] = None, *, root:
     an interrupted run of the same settings resumes. ``command`` (argv) is recorded in metrics.json; ``mesh``: a
     1-D data mesh (default: every device of every process); ``desc`` labels the progress bar."""
     settings.check()
-    model = _with_schedule(model, settings)
+    model = with_schedule(model, settings)
     mfp = model_digest(model)
     class_cond = _check_model(model, settings)
     inputs, n = _inputs(model, settings, mfp)
