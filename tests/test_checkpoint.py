@@ -7,6 +7,7 @@ import jtaba
 from jtaba import checkpoint
 from jtaba.diffusion import DiffusionConfig
 from jtaba.models import adm
+from tests.perception import random_params
 
 FLAGS = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
              learn_sigma=True, noise_schedule="cosine", diffusion_steps=400)
@@ -15,8 +16,8 @@ FLAGS = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2"
 def _save(tmp_path, dtype):
     config = adm.Config.from_flags(FLAGS)
     net = adm.Network(config)
-    params = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)))["params"]
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)))["params"])
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), random_params(shapes, 0))  # an eager init takes 17 s
     cfg = {"family": "adm", "model": config.to_dict(),
            "diffusion": DiffusionConfig.from_adm_flags(FLAGS).to_dict(), "extras": {}}
     checkpoint.save_checkpoint(str(tmp_path), cfg, params)
