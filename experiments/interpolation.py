@@ -143,6 +143,14 @@ def build_parser():
     p.add_argument("--upstream-slerp", action="store_true",
                    help="upstream's SLERP quirk: norms and angles along the last axis (image rows) instead of one "
                         "SLERP per flattened sample (parity with the published numbers)")
+    add_reference_flags(p)
+    p.add_argument("--pairs", type=int, default=Options.pairs, help="pairs shown per source in the figure")
+    return p
+
+
+def add_reference_flags(p) -> None:
+    """--reference, --reference-seed, --n-reference: the reference set of the Tab. 12 scores (``reference_set``),
+    shared by experiments.interpolation and experiments.inverters."""
     p.add_argument("--reference", metavar="train|FOLDER|FILE.npy", default=None,
                    help="reference images for FID / precision / recall: 'train' (the model's training images "
                         "through tensorflow-datasets, as the paper: CIFAR-10 train, ImageNet, CelebA-HQ), a folder "
@@ -152,8 +160,13 @@ def build_parser():
                    help="seed of the model-sampled reference set (without --reference)")
     p.add_argument("--n-reference", type=int, default=None,
                    help="reference images (default: N model samples, or every image of --reference)")
-    p.add_argument("--pairs", type=int, default=Options.pairs, help="pairs shown per source in the figure")
-    return p
+
+
+def reference_option(args) -> str | None:
+    """--reference as the options hold it ('train', an absolute path or None), after checking --n-reference."""
+    if args.n_reference is not None and args.n_reference <= PR_K:
+        raise ValueError(f"--n-reference must be above {PR_K}, got {args.n_reference}")
+    return args.reference if args.reference in (None, "train") else os.path.abspath(args.reference)
 
 
 def options_from_args(args) -> Options:
@@ -167,13 +180,11 @@ def options_from_args(args) -> Options:
         raise ValueError(f"--alphas must be at least 2 (the endpoints), got {args.alphas}")
     if ks and ks[-1] > args.steps:
         raise ValueError(f"--forward-before K={ks[-1]} exceeds --steps={args.steps}")
-    if args.n_reference is not None and args.n_reference <= PR_K:
-        raise ValueError(f"--n-reference must be above {PR_K}, got {args.n_reference}")
     if args.pairs < 1:
         raise ValueError(f"--pairs must be positive, got {args.pairs}")
-    reference = args.reference if args.reference in (None, "train") else os.path.abspath(args.reference)
-    return dataclasses.replace(cli.options_from_args(Options, args), forward_before=ks, reference=reference,
-                               upstream_slerp=bool(args.upstream_slerp), swap_steps=swap_ks)
+    return dataclasses.replace(cli.options_from_args(Options, args), forward_before=ks,
+                               reference=reference_option(args), upstream_slerp=bool(args.upstream_slerp),
+                               swap_steps=swap_ks)
 
 
 def out_parts(opts: Options) -> tuple:
@@ -239,6 +250,36 @@ def load_reference(path: str, n: int | None):
     return x
 
 
+def reference_set(ws, opts, size: int | None, nets: dict | None) -> tuple[dict | None, dict]:
+    """The reference set of the Tab. 12 scores (experiments.interpolation and experiments.inverters): (its
+    ``scoring_features`` under ``opts.fid_protocol``, None without ``nets``; its JSON description). ``opts``: the
+    --reference flags (``add_reference_flags``), n, fid_protocol and run_settings. --reference=train or a folder:
+    read at ``size`` (the side of the model's images) only when scored; a .npy: checked (``load_reference``) in any
+    case; default: --n-reference (default N) model samples of --reference-seed, sampled only when scored."""
+    from jtaba.data.reference import reference_images
+
+    kw = {"ldm": ws.tag == "ldm"}  # upstream exported the CelebA-HQ LDM's images without the min-max stretch
+    if opts.reference is None:
+        description = {"kind": "model samples", "seed": opts.reference_seed, "n": opts.n_reference or opts.n}
+        if nets is None:
+            return None, description
+        run = ws.run(opts.run_settings(n=description["n"], seed=opts.reference_seed, noise=None, samples=None,
+                                       inversion=False, reconstruction=False), "reference")
+        description.update(run=run.path, images=image_name(run, "samples"))
+        return scoring_features(run[description["images"]], nets, opts.fid_protocol, **kw), description
+    if opts.reference == "train" or os.path.isdir(opts.reference):  # the training images (tfds) or a folder
+        description = {"kind": "images", "spec": opts.reference}
+        if nets is None:
+            return None, description
+        images, name = reference_images(opts.reference, tag=ws.tag, size=size, n=opts.n_reference,
+                                        train_extras=ws.model.extras.get("train"))
+        description.update(name=name, n=len(images))
+        return scoring_features(images, nets, opts.fid_protocol, uint8=True), description
+    images = load_reference(opts.reference, opts.n_reference)
+    description = {"kind": "file", "path": opts.reference, "n": len(images)}
+    return (None if nets is None else scoring_features(images, nets, opts.fid_protocol, **kw)), description
+
+
 # ---- compute -----------------------------------------------------------------------------------------------------
 def check_model(model, opts: Options) -> bool:
     """Whether the model takes class labels (the analysis draws them); a text-conditioned model needs
@@ -262,24 +303,17 @@ def unavailable(ws, opts: Options) -> str | None:
 def compute(ws, opts: Options) -> dict:
     """Sets A and B (sample, invert, reconstruct), forward-replaced inversions, the interior SLERP runs, then the
     metrics of every (source, α) against the reference."""
-    from jtaba.data.reference import reference_images
     from jtaba.metrics import networks
 
     class_cond = check_model(ws.model, opts)
     served = protocol_networks(opts.fid_protocol)
     absent = networks.missing(served)
-    scoring = len(absent) < len(served)
-    read_images = opts.reference == "train" or (opts.reference is not None and os.path.isdir(opts.reference))
-    reference_file = load_reference(opts.reference, opts.n_reference) if opts.reference and not read_images else None
+    nets = {role: networks.load(role) for role in served if role not in absent} or None
     skipped = {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
                for role, command in absent.items() for m in served[role]}
 
     run_a = ws.run(opts.run_settings())  # the standard run of these settings, shared with other analyses
-    reference_uint8 = None
-    if read_images and scoring:  # the model's training images (tfds) or a folder, at the model's image size
-        reference_uint8, reference_name = reference_images(
-            opts.reference, tag=ws.tag, size=run_a[image_name(run_a, "samples")].shape[-1], n=opts.n_reference,
-            train_extras=ws.model.extras.get("train"))
+    ref_features, reference = reference_set(ws, opts, run_a[image_name(run_a, "samples")].shape[-1], nets)
     labels = {"labels": run_a["conds"], "class_seed": None} if class_cond else {}  # B, interpolants: A's classes
     run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, **labels), "set B")  # seed_b
     sets = {"a": (run_a, opts.seed, opts.forward_seed), "b": (run_b, opts.seed_b, opts.forward_seed_b)}
@@ -319,29 +353,12 @@ def compute(ws, opts: Options) -> dict:
                                                           for k, f in forward.items()},
             **({"records": {s: r.path for s, r in records.items()},
                 "swap": {str(k): {s: r.path for s, r in f.items()} for k, f in swap.items()}} if swap else {})}
-    if reference_file is not None:
-        reference = {"kind": "file", "path": opts.reference, "n": len(reference_file)}
-    elif read_images:
-        reference = {"kind": "images", "spec": opts.reference}
-        if reference_uint8 is not None:
-            reference.update(name=reference_name, n=len(reference_uint8))
-    else:
-        reference = {"kind": "model samples", "seed": opts.reference_seed, "n": opts.n_reference or opts.n}
-    if scoring:
+    if "run" in reference:
+        runs["reference"] = reference["run"]
+    if nets is not None:
         from jtaba.runs import open_run
 
-        nets = {role: networks.load(role) for role in served if role not in absent}
         kw = {"ldm": ws.tag == "ldm"}  # upstream exported the CelebA-HQ LDM's images without the min-max stretch
-        if reference_uint8 is not None:
-            ref_features = scoring_features(reference_uint8, nets, opts.fid_protocol, uint8=True)
-        elif reference_file is not None:
-            ref_features = scoring_features(reference_file, nets, opts.fid_protocol, **kw)
-        else:  # sampled only when scored
-            ref_run = ws.run(opts.run_settings(n=reference["n"], seed=opts.reference_seed, noise=None, samples=None,
-                                               inversion=False, reconstruction=False))
-            reference.update(run=ref_run.path, images=image_name(ref_run, "samples"))
-            runs["reference"] = ref_run.path
-            ref_features = scoring_features(ref_run[reference["images"]], nets, opts.fid_protocol, **kw)
         for row in rows:
             images = open_run(row["run"])[row["images"]]
             row.update(scores(ref_features, scoring_features(images, nets, opts.fid_protocol, **kw),

@@ -19,10 +19,11 @@ method; every part of each method's inverted state (the latent, edict's y, bdia 
 noise maps; npi: its latent, the condition as its null condition) is SLERPed per sample between A[i] and B[i] with
 the same α (--interpolation-alpha, Tab. 12: 0.5), as ``experiments.interpolation`` interpolates DDIM latents; the
 interpolants are sampled back with the method (decoded for latent models) and scored by FID, precision and recall
-(k = 3) against the reference set ``experiments.interpolation`` samples by default (N = --n-reference model
-samples of --reference-seed) under --fid-protocol (pytorch-fid: Inception for all three; torch-fidelity: Inception
-FID, VGG16 precision / recall). It costs per method one more run (sampling and inversion of set B) and one sampling
-pass of the interpolants.
+(k = 3) against the reference set of ``experiments.interpolation`` (the same --reference: the paper's training
+images with --reference=train, a folder of images or an NCHW .npy in [-1, 1]; default: --n-reference, default N,
+model samples of --reference-seed) under --fid-protocol (pytorch-fid: Inception for all three; torch-fidelity:
+Inception FID, VGG16 precision / recall). It costs per method one more run (sampling and inversion of set B) and one
+sampling pass of the interpolants.
 """
 from __future__ import annotations
 
@@ -33,10 +34,17 @@ from typing import Optional
 
 import numpy as np
 
-from experiments.interpolation import FID_PROTOCOLS
+from experiments.interpolation import (
+    FID_PROTOCOLS,
+    add_reference_flags,
+    image_name,
+    reference_option,
+    reference_set,
+    reference_text,
+)
 from jtaba import cli, io, plotting
 from jtaba.analyses import inverters as analysis
-from jtaba.analyses.interpolation import PR_K, protocol_networks
+from jtaba.analyses.interpolation import protocol_networks
 from jtaba.runs import StandardOptions
 
 PREVIEW = 4  # images in the latents figure
@@ -54,6 +62,7 @@ class Options(StandardOptions):
     fid_protocol: str = "pytorch-fid"
     seed_b: int = 420
     interpolation_alpha: float = 0.5
+    reference: Optional[str] = None
     reference_seed: int = 1
     n_reference: Optional[int] = None
     inception: Optional[str] = None  # a checkpoint folder or model-home name (default: the role's)
@@ -76,9 +85,7 @@ def build_parser():
     g.add_argument("--interpolation-alpha", type=float, default=Options.interpolation_alpha,
                    help="SLERP weight of B, applied per sample to every part of a method's inverted state (Tab. 12: "
                         "0.5)")
-    g.add_argument("--reference-seed", type=int, default=Options.reference_seed,
-                   help="seed of the reference set (model samples, as experiments.interpolation samples it)")
-    g.add_argument("--n-reference", type=int, default=None, help="reference images (default: --n)")
+    add_reference_flags(g)
     g.add_argument("--inception", default=None, metavar="CKPT",
                    help="FID Inception checkpoint (folder or model-home name; default: the converted one)")
     g.add_argument("--vgg16", default=None, metavar="CKPT",
@@ -103,10 +110,8 @@ def options_from_args(args) -> Options:
         raise ValueError(f"--timing-images must be >= 0, got {args.timing_images}")
     if not 0.0 <= args.interpolation_alpha <= 1.0:
         raise ValueError(f"--interpolation-alpha must be in [0, 1], got {args.interpolation_alpha}")
-    if args.n_reference is not None and args.n_reference <= PR_K:
-        raise ValueError(f"--n-reference must be above {PR_K}, got {args.n_reference}")
     base = cli.options_from_args(Options, args)
-    return dataclasses.replace(base, methods=parse_methods(args.methods))
+    return dataclasses.replace(base, methods=parse_methods(args.methods), reference=reference_option(args))
 
 
 def out_parts(opts: Options) -> list[str]:
@@ -114,6 +119,8 @@ def out_parts(opts: Options) -> list[str]:
     if (opts.fid_protocol, opts.seed_b, opts.interpolation_alpha) != (Options.fid_protocol, Options.seed_b,
                                                                       Options.interpolation_alpha):
         parts.append(f"{opts.fid_protocol}_seedb{opts.seed_b}_alpha{opts.interpolation_alpha:g}")
+    if opts.reference:
+        parts.append("ref-" + os.path.splitext(os.path.basename(opts.reference))[0])
     return parts
 
 
@@ -132,7 +139,7 @@ def network_passes(ws, opts: Options) -> int:
     method's inversion and reconstruction; scored: per method set B's sampling and inversion and the interpolants'
     sampling, and the reference set)."""
     scoring = bool(scoring_networks(opts)[0])
-    total = math.ceil((opts.n_reference or opts.n) / opts.n) if scoring else 0
+    total = math.ceil((opts.n_reference or opts.n) / opts.n) if scoring and not opts.reference else 0
     for m in opts.methods:
         name, options = analysis.parse_method(m)
         method = analysis.Method.of(name, **dict(options))
@@ -142,32 +149,25 @@ def network_passes(ws, opts: Options) -> int:
     return total
 
 
-def _interpolation_setup(ws, opts: Options):
-    """(nets, reference features, the ``interpolation`` JSON head) when a network of --fid-protocol is there, else
-    (None, None, the one-line note saying how to get the columns)."""
-    from experiments.interpolation import NETWORK_NAMES, image_name
-    from jtaba.analyses.interpolation import scoring_features
+def _interpolation_setup(opts: Options):
+    """(nets, the ``interpolation`` JSON head: its reference filled by ``compute``) when a network of --fid-protocol
+    is there, else (None, the one-line note saying how to get the columns)."""
+    from experiments.interpolation import NETWORK_NAMES
     from jtaba.metrics import networks
 
     present, absent = scoring_networks(opts)
     served = protocol_networks(opts.fid_protocol)
     if not present:
         commands = "; ".join(f"{NETWORK_NAMES[role]}: {command}" for role, command in absent.items())
-        return None, None, (f"Interpolation FID / precision / recall per method (Tab. 12 protocol, "
-                            f"{opts.fid_protocol}): convert {commands} (or give --{' / --'.join(absent)}) and rerun.")
+        return None, (f"Interpolation FID / precision / recall per method (Tab. 12 protocol, "
+                      f"{opts.fid_protocol}): convert {commands} (or give --{' / --'.join(absent)}) and rerun.")
     nets = {role: networks.load(role, name) for role, name in present.items()}
-    n = opts.n_reference or opts.n
-    ref = ws.run(opts.run_settings(n=n, seed=opts.reference_seed, noise=None, samples=None, inversion=False,
-                                   reconstruction=False), "reference")
-    images = image_name(ref, "samples")
-    features = scoring_features(ref[images], nets, opts.fid_protocol, ldm=ws.tag == "ldm")
     head = {"protocol": opts.fid_protocol, "alpha": opts.interpolation_alpha, "seed_b": opts.seed_b,
-            "slerp": "per_sample", "reference": {"kind": "model samples", "seed": opts.reference_seed, "n": n,
-                                                 "run": ref.path, "images": images},
+            "slerp": "per_sample", "reference": None,
             "skipped": {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
                         for role, command in absent.items() for m in served[role]},
             "scores": {}, "runs_b": {}}
-    return nets, features, head
+    return nets, head
 
 
 def compute(ws, opts: Options) -> dict:
@@ -177,7 +177,8 @@ def compute(ws, opts: Options) -> dict:
     from jtaba.runs import with_schedule
 
     model = with_schedule(ws.model, opts.run_settings())  # --schedule-dtype, as the runs apply it
-    nets, reference, interpolation = _interpolation_setup(ws, opts)
+    nets, interpolation = _interpolation_setup(opts)
+    reference = None  # its features, from the first run (a training / folder reference: read at its image size)
     class_cond = model.num_classes is not None and model.conditional
     rows, runs, skipped = [], {}, {}
     for text in opts.methods:
@@ -198,6 +199,9 @@ def compute(ws, opts: Options) -> dict:
         rows.append(analysis.method_row(run, name, options, wall))
         runs[label] = run.path
         if nets is not None:
+            if reference is None:
+                reference, interpolation["reference"] = reference_set(
+                    ws, opts, run[image_name(run, "samples")].shape[-1], nets)
             labels = {"labels": run["conds"], "class_seed": None} if class_cond else {}  # B: A's labels
             run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, reconstruction=False,
                                              method=name, method_options=options, **labels), f"{label} set B")
@@ -212,6 +216,8 @@ def compute(ws, opts: Options) -> dict:
            "runs": runs, **table.to_json()}
     if nets is None:
         return {**out, "interpolation": None, "interpolation_note": interpolation}
+    if reference is None:  # no method ran: the reference described, not read
+        interpolation["reference"] = reference_set(ws, opts, None, None)[1]
     return {**out, "interpolation": interpolation}
 
 
@@ -332,11 +338,10 @@ def markdown(result: dict) -> str:
     if interpolation is None:
         note = result.get("interpolation_note")
         return "\n".join(lines + ([f"\n{note}"] if note else []))
-    ref = interpolation["reference"]
     lines += ["", f"Tab. 12 protocol per method: every part of the inverted states of sets A (seed {result['seed']}) "
               f"and B (seed {interpolation['seed_b']}) SLERPed per sample at α = {interpolation['alpha']:g}, "
-              f"sampled back with the method; {interpolation['protocol']} scores against {ref['n']} model samples "
-              f"(seed {ref['seed']}); – : not scored.", "",
+              f"sampled back with the method; {interpolation['protocol']} scores against "
+              f"{reference_text(interpolation['reference'])}; – : not scored.", "",
               "| method | FID | Precision | Recall | F-score |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         s = interpolation["scores"][r["label"]]

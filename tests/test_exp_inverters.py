@@ -3,7 +3,8 @@ test_exp_triangles: without a perception network the interpolation columns are a
 line how to get them; with a tiny random VGG16 (--fid-protocol=torch-fidelity: precision / recall; FID skipped,
 naming the Inception converter) ddpm's interpolants are recomputed from the run files (SLERP re-typed per
 sample on both parts of its inverted state: the latent and the noise maps), sampled back with ``jtaba.sample``,
-exported as upstream's uint8 and scored with re-typed k-NN precision / recall against the reference run's images."""
+exported as upstream's uint8 and scored with re-typed k-NN precision / recall against a --reference .npy's images
+(the reference set of experiments.interpolation)."""
 import csv
 import json
 import os
@@ -76,13 +77,16 @@ def test_tab12_protocol_per_method(tmp_path, monkeypatch):
     monkeypatch.setenv("JTABA_HOME", str(tmp_path / "home"))
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
     out = str(tmp_path / "out")
+    ref_images = np.random.default_rng(5).uniform(-1, 1, (5, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "ref.npy", ref_images)
     argv = ["--ckpt", ckpt, "--n", "4", "--steps", str(STEPS), "--batch", str(BATCH), "--seed", "3", "--seed-b",
             "11", "--methods", ",".join(METHODS), "--timing-images", "0", "--fid-protocol", "torch-fidelity",
-            "--interpolation-alpha", str(ALPHA), "--runs-dir", str(tmp_path / "runs"), "--out", out]
+            "--interpolation-alpha", str(ALPHA), "--reference", str(tmp_path / "ref.npy"), "--runs-dir",
+            str(tmp_path / "runs"), "--out", out]
 
     # no network: no columns, one line saying how to get them (no run is needed to know)
     opts = command.options_from_args(command.build_parser().parse_args(argv))
-    nets, _, note = command._interpolation_setup(None, opts)
+    nets, note = command._interpolation_setup(opts)
     assert nets is None and "Tab. 12" in note and "\n" not in note
     assert networks.convert_command("vgg16") in note and networks.convert_command("inception") in note
 
@@ -93,10 +97,10 @@ def test_tab12_protocol_per_method(tmp_path, monkeypatch):
     tab = res["interpolation"]
     assert tab["protocol"] == "torch-fidelity" and tab["alpha"] == ALPHA and tab["seed_b"] == 11
     assert set(tab["skipped"]) == {"fid"} and networks.convert_command("inception") in tab["skipped"]["fid"]
+    assert tab["reference"] == {"kind": "file", "path": str(tmp_path / "ref.npy"), "n": 5}
     assert [r["label"] for r in res["rows"]] == list(METHODS)
     config, params = vgg16.load(vgg_dir)
-    reference = np.asarray(vgg16.features(config, params, oracle_export_uint8(load(tab["reference"]["run"],
-                                                                                  "samples"))))
+    reference = np.asarray(vgg16.features(config, params, oracle_export_uint8(ref_images)))
     mesh = sharding.data_mesh()  # the runs' placement: their compiled loops serve these calls too
     model = replicate(jtaba.load(ckpt), sharding.replicated(mesh))
     for label, line in zip(METHODS, lines, strict=True):
@@ -122,7 +126,7 @@ def test_tab12_protocol_per_method(tmp_path, monkeypatch):
         assert float(line["interpolation_recall"]) == pytest.approx(recall, abs=1e-9)
         assert line["interpolation_fid"] == ""
     md = command.markdown(res)
-    assert "| ddpm | – |" in md and "fid: no FID Inception checkpoint" in md
+    assert "| ddpm | – |" in md and "fid: no FID Inception checkpoint" in md and "ref.npy (5 images)" in md
 
     # the same table without the scores: columns, figure row and markdown table absent, the note instead
     bare = {**res, "interpolation": None, "interpolation_note": note}
