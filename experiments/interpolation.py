@@ -163,10 +163,16 @@ def add_reference_flags(p) -> None:
 
 
 def reference_option(args) -> str | None:
-    """--reference as the options hold it ('train', an absolute path or None), after checking --n-reference."""
+    """--reference as the options hold it ('train', an absolute path or None), after checking --n-reference and a
+    .npy's images (``load_reference``): before any work."""
     if args.n_reference is not None and args.n_reference <= PR_K:
         raise ValueError(f"--n-reference must be above {PR_K}, got {args.n_reference}")
-    return args.reference if args.reference in (None, "train") else os.path.abspath(args.reference)
+    if args.reference in (None, "train"):
+        return args.reference
+    path = os.path.abspath(args.reference)
+    if not os.path.isdir(path):
+        load_reference(path, args.n_reference)
+    return path
 
 
 def options_from_args(args) -> Options:
@@ -254,8 +260,8 @@ def reference_set(ws, opts, size: int | None, nets: dict | None) -> tuple[dict |
     """The reference set of the Tab. 12 scores (experiments.interpolation and experiments.inverters): (its
     ``scoring_features`` under ``opts.fid_protocol``, None without ``nets``; its JSON description). ``opts``: the
     --reference flags (``add_reference_flags``), n, fid_protocol and run_settings. --reference=train or a folder:
-    read at ``size`` (the side of the model's images) only when scored; a .npy: checked (``load_reference``) in any
-    case; default: --n-reference (default N) model samples of --reference-seed, sampled only when scored."""
+    read at ``size`` (the side of the model's images) only when scored; a .npy (checked by ``reference_option``):
+    memory-mapped; default: --n-reference (default N) model samples of --reference-seed, sampled only when scored."""
     from jtaba.data.reference import reference_images
 
     kw = {"ldm": ws.tag == "ldm"}  # upstream exported the CelebA-HQ LDM's images without the min-max stretch
@@ -275,7 +281,7 @@ def reference_set(ws, opts, size: int | None, nets: dict | None) -> tuple[dict |
                                         train_extras=ws.model.extras.get("train"))
         description.update(name=name, n=len(images))
         return scoring_features(images, nets, opts.fid_protocol, uint8=True), description
-    images = load_reference(opts.reference, opts.n_reference)
+    images = np.load(opts.reference, mmap_mode="r")[:opts.n_reference]  # checked by reference_option
     description = {"kind": "file", "path": opts.reference, "n": len(images)}
     return (None if nets is None else scoring_features(images, nets, opts.fid_protocol, **kw)), description
 

@@ -221,8 +221,9 @@ def test_options_and_out_folder(tmp_path):
     opts = ip.options_from_args(parser.parse_args([]))
     assert opts == ip.Options() and ip.out_parts(opts) == ()
     assert [ip.alpha_tag(a) for a in ip.alpha_values(7)] == ["0000", "0167", "0333", "0500", "0667", "0833", "1000"]
+    np.save(tmp_path / "cifar.npy", np.zeros((5, 3, 4, 4), np.float32))
     args = parser.parse_args(["--runs-dir", str(tmp_path), "--forward-before", "2,1", "--seed-b", "7",
-                              "--upstream-slerp", "--reference", "cifar.npy"])
+                              "--upstream-slerp", "--reference", str(tmp_path / "cifar.npy")])
     out = cli.out_dir(args, "default", "interpolation", *ip.out_parts(ip.options_from_args(args)))
     assert out.endswith(f"T{ip.Options.steps}_n{ip.Options.n}_seed42_seedb7_upslerp_K1-2_ref-cifar")
     for flags in (["--n", "3"], ["--alphas", "1"], ["--forward-before", "30"], ["--n-reference", "2"]):
@@ -230,8 +231,10 @@ def test_options_and_out_folder(tmp_path):
             ip.options_from_args(parser.parse_args(flags))
     bad = tmp_path / "bad.npy"
     np.save(bad, np.full((5, 3, 4, 4), 2.0, np.float32))
-    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        ip.load_reference(str(bad), None)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):  # at the flags, before any run
+        ip.options_from_args(parser.parse_args(["--reference", str(bad)]))
+    with pytest.raises(ValueError, match="does not exist"):
+        ip.options_from_args(parser.parse_args(["--reference", str(tmp_path / "missing.npy")]))
 
 
 def test_low_rank_fid_matches_the_eigenvalue_route():
