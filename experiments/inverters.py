@@ -5,7 +5,8 @@
 
 Samples N images from seed-indexed noise with DDIM (the standard run), then inverts the same images with every
 method of --methods and reconstructs them with that method's sampler (``jtaba.inverters``: ddim, edict, bdia,
-belm, fixed-point with its options, ddpm, npi; one ``jtaba.runs`` run per method, reused when finished). Per method:
+belm, fixed-point with its options, ddpm, npi; one ``jtaba.runs`` run per method, reused when finished, each
+inverting the standard run's samples: the images are sampled once). Per method:
 image reconstruction error (mean / max |x̂_0 − x_0|), noise recovery (mean |noise − latent|, correlation of latent
 and noise), latent Gaussianity (KL to N(0, 1), the paper's KL(noise || latent), Shapiro-Wilk rejections at p 0.05),
 the Tab. 2 pixel correlation of the latents, the Tab. 5 plain / non-plain |noise − latent|, network evaluations and
@@ -14,16 +15,16 @@ and inverters_latents.png (the first images, their noise and every method's late
 
 Tab. 12 protocol per method (columns present when the perception network(s) of --fid-protocol are converted, or
 --inception / --vgg16 point at checkpoints; otherwise the report says how to get them): a second set B (seed
---seed-b, class-conditional models: A's labels, as ``experiments.interpolation``) is sampled and inverted with each
-method; every part of each method's inverted state (the latent, edict's y, bdia / belm's x_1, each of ddpm's T
+--seed-b, class-conditional models: A's labels, as ``experiments.interpolation``) is sampled once and inverted with
+each method; every part of each method's inverted state (the latent, edict's y, bdia / belm's x_1, each of ddpm's T
 noise maps; npi: its latent, the condition as its null condition) is SLERPed per sample between A[i] and B[i] with
 the same α (--interpolation-alpha, Tab. 12: 0.5), as ``experiments.interpolation`` interpolates DDIM latents; the
 interpolants are sampled back with the method (decoded for latent models) and scored by FID, precision and recall
 (k = 3) against the reference set of ``experiments.interpolation`` (the same --reference: the paper's training
 images with --reference=train, a folder of images or an NCHW .npy in [-1, 1]; default: --n-reference, default N,
 model samples of --reference-seed) under --fid-protocol (pytorch-fid: Inception for all three; torch-fidelity:
-Inception FID, VGG16 precision / recall). It costs per method one more run (sampling and inversion of set B) and one
-sampling pass of the interpolants.
+Inception FID, VGG16 precision / recall). It costs one sampling of set B, and per method the inversion of set B and
+one sampling pass of the interpolants.
 """
 from __future__ import annotations
 
@@ -135,17 +136,18 @@ def scoring_networks(opts: Options) -> tuple[dict, dict]:
 
 
 def network_passes(ws, opts: Options) -> int:
-    """N x T network passes of the whole comparison (each method's run: DDIM sampling of the same images, the
-    method's inversion and reconstruction; scored: per method set B's sampling and inversion and the interpolants'
-    sampling, and the reference set)."""
+    """N x T network passes of the whole comparison (DDIM sampling of the images once, every method's inversion
+    and reconstruction; scored: set B's sampling once, per method its inversion and the interpolants' sampling, and
+    the reference set)."""
     scoring = bool(scoring_networks(opts)[0])
-    total = math.ceil((opts.n_reference or opts.n) / opts.n) if scoring and not opts.reference else 0
+    total = 1 + (1 if scoring else 0)
+    total += math.ceil((opts.n_reference or opts.n) / opts.n) if scoring and not opts.reference else 0
     for m in opts.methods:
         name, options = analysis.parse_method(m)
         method = analysis.Method.of(name, **dict(options))
-        total += 1 + method.network_calls(1, True) + method.network_calls(1, False)
+        total += method.network_calls(1, True) + method.network_calls(1, False)
         if scoring:
-            total += 1 + method.network_calls(1, True) + method.network_calls(1, False, True)
+            total += method.network_calls(1, True) + method.network_calls(1, False, True)
     return total
 
 
@@ -170,6 +172,21 @@ def _interpolation_setup(opts: Options):
     return nets, head
 
 
+def _method_run(ws, opts: Options, sources: dict, key: str, name: str, options, settings: dict):
+    """Set ``key``'s ("a", or "b" with ``settings`` = set B's) run of method ``name``: DDIM's run is the set's
+    standard one and its samples the set's images (``sources``); another method inverts those images (a
+    sampling-only run draws them when DDIM is not compared)."""
+    desc = f"{analysis.method_label(name, options)}{' set B' if key == 'b' else ''}"
+    if name == "ddim":
+        sources[key] = ws.run(opts.run_settings(**settings), desc)
+        return sources[key]
+    if key not in sources:
+        sources[key] = ws.run(opts.run_settings(**{**settings, "inversion": False, "reconstruction": False}),
+                              f"set {key.upper()} samples")
+    images = {"samples": sources[key]["samples"]}
+    return ws.run(opts.run_settings(**{**settings, **images, "method": name, "method_options": options}), desc)
+
+
 def compute(ws, opts: Options) -> dict:
     """One run per method on the same DDIM samples; the table rows, the runs (for the latents figure) and the
     methods the model cannot run; with a perception network, each method's Tab. 12 scores (``interpolation``)."""
@@ -180,15 +197,16 @@ def compute(ws, opts: Options) -> dict:
     nets, interpolation = _interpolation_setup(opts)
     reference = None  # its features, from the first run (a training / folder reference: read at its image size)
     class_cond = model.num_classes is not None and model.conditional
-    rows, runs, skipped = [], {}, {}
-    for text in opts.methods:
-        name, options = analysis.parse_method(text)
+    rows, runs, skipped, sources = {}, {}, {}, {}
+    methods = [analysis.parse_method(text) for text in opts.methods]
+    # DDIM's run first: every other method inverts its samples (drawn once; without ddim, a sampling-only run)
+    for name, options in sorted(methods, key=lambda m: m[0] != "ddim"):
         label = analysis.method_label(name, options)
         reason = check_model(analysis.Method.of(name, **dict(options)), ws.model.conditional)
         if reason:
             skipped[label] = reason
             continue
-        run = ws.run(opts.run_settings(method=name, method_options=options))
+        run = _method_run(ws, opts, sources, "a", name, options, {})
         wall = None
         if opts.timing_images and opts.prompt_embeds is None:  # prompt-conditioned timing needs the run's prompts
             k = min(opts.timing_images, run.n)
@@ -196,24 +214,25 @@ def compute(ws, opts: Options) -> dict:
             wall = analysis.wall_time_per_image(model, np.asarray(run["samples"][:k]), steps=opts.steps,
                                                 name=name, options=options, cond=cond, guidance=opts.guidance,
                                                 precision=opts.precision)
-        rows.append(analysis.method_row(run, name, options, wall))
+        rows[label] = analysis.method_row(run, name, options, wall)
         runs[label] = run.path
         if nets is not None:
             if reference is None:
                 reference, interpolation["reference"] = reference_set(
                     ws, opts, run[image_name(run, "samples")].shape[-1], nets)
             labels = {"labels": run["conds"], "class_seed": None} if class_cond else {}  # B: A's labels
-            run_b = ws.run(opts.run_settings(seed=opts.seed_b, noise=None, samples=None, reconstruction=False,
-                                             method=name, method_options=options, **labels), f"{label} set B")
+            run_b = _method_run(ws, opts, sources, "b", name, options, dict(
+                seed=opts.seed_b, noise=None, samples=None, reconstruction=False, **labels))
             cond = run["conds"] if class_cond else opts.run_settings().prompt_embeds
             interpolation["scores"][label] = analysis.interpolation_scores(
                 model, name, options, run, run_b, reference, nets, opts.fid_protocol, alpha=opts.interpolation_alpha,
                 steps=opts.steps, batch=opts.batch, cond=cond, guidance=opts.guidance, precision=opts.precision,
                 ldm=ws.tag == "ldm").to_json()
             interpolation["runs_b"][label] = run_b.path
-    table = analysis.InverterTable(tuple(rows), skipped)
+    order = [analysis.method_label(name, options) for name, options in methods]
+    table = analysis.InverterTable(tuple(rows[label] for label in order if label in rows), skipped)
     out = {"model": ws.tag, "n": opts.n, "steps": opts.steps, "seed": opts.seed, "precision": opts.precision,
-           "runs": runs, **table.to_json()}
+           "runs": {label: runs[label] for label in order if label in runs}, **table.to_json()}
     if nets is None:
         return {**out, "interpolation": None, "interpolation_note": interpolation}
     if reference is None:  # no method ran: the reference described, not read
