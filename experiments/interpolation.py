@@ -256,6 +256,20 @@ def load_reference(path: str, n: int | None):
     return x
 
 
+def scoring_networks(protocol: str, names: dict | None = None) -> tuple[dict | None, dict, dict]:
+    """The perception networks of --fid-protocol ``protocol`` (``names``: {role: checkpoint} given instead of the
+    converted default): ({role: loaded network} of those there, None when none is; {metric: why it is not scored};
+    {role: convert command} of those not there). Shared by experiments.interpolation and experiments.inverters."""
+    from jtaba.metrics import networks
+
+    served, names = protocol_networks(protocol), names or {}
+    absent = networks.missing(served, names)
+    nets = {role: networks.load(role, names.get(role)) for role in served if role not in absent} or None
+    skipped = {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
+               for role, command in absent.items() for m in served[role]}
+    return nets, skipped, absent
+
+
 def reference_set(ws, opts, size: int | None, nets: dict | None) -> tuple[dict | None, dict]:
     """The reference set of the Tab. 12 scores (experiments.interpolation and experiments.inverters): (its
     ``scoring_features`` under ``opts.fid_protocol``, None without ``nets``; its JSON description). ``opts``: the
@@ -309,14 +323,8 @@ def unavailable(ws, opts: Options) -> str | None:
 def compute(ws, opts: Options) -> dict:
     """Sets A and B (sample, invert, reconstruct), forward-replaced inversions, the interior SLERP runs, then the
     metrics of every (source, α) against the reference."""
-    from jtaba.metrics import networks
-
     class_cond = check_model(ws.model, opts)
-    served = protocol_networks(opts.fid_protocol)
-    absent = networks.missing(served)
-    nets = {role: networks.load(role) for role in served if role not in absent} or None
-    skipped = {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
-               for role, command in absent.items() for m in served[role]}
+    nets, skipped, _ = scoring_networks(opts.fid_protocol)
 
     run_a = ws.run(opts.run_settings())  # the standard run of these settings, shared with other analyses
     ref_features, reference = reference_set(ws, opts, run_a[image_name(run_a, "samples")].shape[-1], nets)

@@ -42,10 +42,11 @@ from experiments.interpolation import (
     reference_option,
     reference_set,
     reference_text,
+    scoring_networks,
 )
 from jtaba import cli, io, plotting
 from jtaba.analyses import inverters as analysis
-from jtaba.analyses.interpolation import protocol_networks
+from jtaba.analyses.interpolation import Scores, protocol_networks
 from jtaba.runs import StandardOptions
 
 PREVIEW = 4  # images in the latents figure
@@ -125,21 +126,19 @@ def out_parts(opts: Options) -> list[str]:
     return parts
 
 
-def scoring_networks(opts: Options) -> tuple[dict, dict]:
-    """({role: checkpoint name or None} of --fid-protocol's networks that are there, {role: convert command} of
-    those that are not)."""
-    from jtaba.metrics import networks
-
-    names = {role: getattr(opts, role) for role in protocol_networks(opts.fid_protocol) if getattr(opts, role)}
-    absent = networks.missing(protocol_networks(opts.fid_protocol), names)
-    return {role: names.get(role) for role in protocol_networks(opts.fid_protocol) if role not in absent}, absent
+def network_names(opts: Options) -> dict:
+    """{role: checkpoint} of the --inception / --vgg16 given."""
+    return {role: getattr(opts, role) for role in protocol_networks(opts.fid_protocol) if getattr(opts, role)}
 
 
 def network_passes(ws, opts: Options) -> int:
     """N x T network passes of the whole comparison (DDIM sampling of the images once, every method's inversion
     and reconstruction; scored: set B's sampling once, per method its inversion and the interpolants' sampling, and
     the reference set)."""
-    scoring = bool(scoring_networks(opts)[0])
+    from jtaba.metrics import networks
+
+    served = protocol_networks(opts.fid_protocol)
+    scoring = len(networks.missing(served, network_names(opts))) < len(served)
     total = 1 + (1 if scoring else 0)
     total += math.ceil((opts.n_reference or opts.n) / opts.n) if scoring and not opts.reference else 0
     for m in opts.methods:
@@ -155,20 +154,14 @@ def _interpolation_setup(opts: Options):
     """(nets, the ``interpolation`` JSON head: its reference filled by ``compute``) when a network of --fid-protocol
     is there, else (None, the one-line note saying how to get the columns)."""
     from experiments.interpolation import NETWORK_NAMES
-    from jtaba.metrics import networks
 
-    present, absent = scoring_networks(opts)
-    served = protocol_networks(opts.fid_protocol)
-    if not present:
+    nets, skipped, absent = scoring_networks(opts.fid_protocol, network_names(opts))
+    if nets is None:
         commands = "; ".join(f"{NETWORK_NAMES[role]}: {command}" for role, command in absent.items())
         return None, (f"Interpolation FID / precision / recall per method (Tab. 12 protocol, "
                       f"{opts.fid_protocol}): convert {commands} (or give --{' / --'.join(absent)}) and rerun.")
-    nets = {role: networks.load(role, name) for role, name in present.items()}
     head = {"protocol": opts.fid_protocol, "alpha": opts.interpolation_alpha, "seed_b": opts.seed_b,
-            "slerp": "per_sample", "reference": None,
-            "skipped": {m: f"no {NETWORK_NAMES[role]} checkpoint; make it with: {command}"
-                        for role, command in absent.items() for m in served[role]},
-            "scores": {}, "runs_b": {}}
+            "slerp": "per_sample", "reference": None, "skipped": skipped, "scores": {}, "runs_b": {}}
     return nets, head
 
 
@@ -240,7 +233,7 @@ def compute(ws, opts: Options) -> dict:
     return {**out, "interpolation": interpolation}
 
 
-INTERPOLATION_METRICS = ("fid", "precision", "recall", "f_score")
+INTERPOLATION_METRICS = tuple(f.name for f in dataclasses.fields(Scores))  # fid, precision, recall, f_score
 
 
 def csv_rows(result: dict) -> list[dict]:
@@ -297,6 +290,7 @@ def plot(result: dict, path: str) -> str:
             ax.set_yscale("log")
         if np.isnan(values).all():  # a score whose network is not converted (the report names the command)
             ax.text(0.5, 0.5, "not scored", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_yticks([])  # no value: no scale
         ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
     skipped = "; ".join(result["skipped"]) if result["skipped"] else ""

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable
 
-from jtaba import home
+from jtaba import distributed, home
 from jtaba.precision import PRECISIONS
 
 # Network evaluations above which a CPU run is announced as long (the built-in model does ~150 per second on 2 cores).
@@ -325,10 +325,8 @@ def run_analysis(analysis: Analysis, argv=None) -> str:
 
 def writes_outputs() -> bool:
     """Whether this process writes an analysis's tables and figures: every process computes (the runs are
-    collective), process 0 writes."""
-    from jtaba.distributed import is_main
-
-    return is_main()
+    collective), process 0 writes. (``experiments`` ask here: they do not import ``jtaba.distributed``.)"""
+    return distributed.is_main()
 
 
 def flag_given(argv, field: str) -> bool:
@@ -452,14 +450,10 @@ def settings_name(settings, *parts: str) -> str:
 
 def add_distributed_flags(p: argparse.ArgumentParser) -> None:
     """--coordinator --num-processes --process-id (``jtaba.distributed``)."""
-    from jtaba import distributed
-
     distributed.add_flags(p)
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
     """Join a multi-process run when ``--coordinator`` was given or ``--distributed=auto`` detects a cluster (before
     any other JAX call)."""
-    from jtaba import distributed
-
     distributed.initialize_from_flags(args)

@@ -330,10 +330,10 @@ def test_run_identity_names_method_only_when_not_ddim():
 
 
 class _FakeRun:
-    """The arrays of a finished run, in memory."""
+    """The arrays of a finished run and its network evaluations per image, in memory."""
 
-    def __init__(self, arrays):
-        self.arrays, self.n = arrays, len(arrays["noise"])
+    def __init__(self, arrays, nfe_per_image):
+        self.arrays, self.n, self.nfe_per_image = arrays, len(arrays["noise"]), nfe_per_image
 
     def __getitem__(self, name):
         return self.arrays[name]
@@ -358,8 +358,9 @@ def test_comparison_rows_and_tables():
     samples = np.clip(rng.standard_normal((6, 3, 8, 8)), -1, 1).astype(np.float32)
     samples[:, :, :4] = 0.5  # a plain top half
     latents = (0.6 * noise + 0.8 * rng.standard_normal(noise.shape)).astype(np.float32)
-    run = _FakeRun({"noise": noise, "samples": samples, "latents": latents, "samples2": samples + 1e-3})
-    row = analysis.method_row(run, "edict", (("mix", 0.9),), 0.5, {"sample": 5, "invert": 10, "reconstruct": 10})
+    run = _FakeRun({"noise": noise, "samples": samples, "latents": latents, "samples2": samples + 1e-3},
+                   {"sample": 5, "invert": 10, "reconstruct": 10})
+    row = analysis.method_row(run, "edict", (("mix", 0.9),), 0.5)
     assert row.label == "edict (mix 0.9)" and (row.nfe_invert, row.nfe_reconstruct) == (10, 10)
     assert row.reconstruction_max_abs == pytest.approx(1e-3, rel=1e-3)
     assert row.noise_correlation == pytest.approx(0.6, abs=0.05)  # latent = 0.6 noise + 0.8 independent

@@ -100,27 +100,15 @@ def noise_correlation(noise, latents) -> float:
     return float(r.mean())
 
 
-def run_nfe(run) -> dict:
-    """The network evaluations per image of a finished run's stages (its metrics.json ``nfe_per_image``)."""
-    import os
-
-    from jtaba import io
-    from jtaba.runs.reader import METRICS
-
-    return io.read_json(os.path.join(run.path, METRICS))["nfe_per_image"]
-
-
-def method_row(run, name: str, options=(), wall_s_per_image: Optional[float] = None,
-               nfe: Optional[dict] = None) -> MethodRow:
-    """The row of a finished run (noise, samples, latents, samples2; decoded images when the run has them);
-    ``nfe``: its ``run_nfe`` (read from the run when not given)."""
+def method_row(run, name: str, options=(), wall_s_per_image: Optional[float] = None) -> MethodRow:
+    """The row of a finished run (noise, samples, latents, samples2; decoded images when the run has them)."""
     noise, latents, samples = run["noise"], run["latents"], run["samples"]
     decoded = "decoded_samples2" in run
     images = run["decoded_samples"] if decoded else samples
     images2 = run["decoded_samples2"] if decoded else run["samples2"]
     mu, sd = mean_std(latents)
     plain = plain_stats(noise, latents, find_plain_areas(samples))
-    nfe = run_nfe(run) if nfe is None else nfe
+    nfe = run.nfe_per_image
     return MethodRow(
         method=name, options=dict(options), label=method_label(name, options),
         nfe_invert=int(nfe["invert"]), nfe_reconstruct=int(nfe["reconstruct"]),

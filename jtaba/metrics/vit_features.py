@@ -210,8 +210,7 @@ class VisionTransformer(nn.Module):
         pos = self.param("pos", nn.initializers.normal(0.02), (c.num_positions, d))
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, d)), x], axis=1) + pos
         def ln(name):
-            return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, use_fast_variance=False,
-                                                 name=name)
+            return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, use_fast_variance=False, name=name)
         if clip:
             x = ln("pre_norm")(x)
         x = _encoder(c, self.dtype)(x).astype(jnp.float32)

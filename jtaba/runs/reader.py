@@ -73,10 +73,19 @@ class Run:
             raise RunDamaged(f"{problem[0]} is damaged ({problem[1]}); rerun the command that computed "
                              f"{self.path} to compute it again")
 
+    def _metrics_file(self) -> dict:
+        path = os.path.join(self.path, METRICS)
+        return io.read_json(path) if os.path.exists(path) else {}
+
     @property
     def metrics(self) -> dict:
-        path = os.path.join(self.path, METRICS)
-        return io.read_json(path)["metrics"] if os.path.exists(path) else {}
+        """The core metrics of metrics.json."""
+        return self._metrics_file().get("metrics", {})
+
+    @property
+    def nfe_per_image(self) -> dict:
+        """The network evaluations per image of each stage, as metrics.json records them ({} without inversion)."""
+        return self._metrics_file().get("nfe_per_image", {})
 
     def __repr__(self) -> str:
         return f"Run({self.path!r}, n={self.n}, steps={self.steps})"
